@@ -1,0 +1,157 @@
+"""Model presets and the vocabulary of `spec.model.overrides`.
+
+Pure data shared by the validator (which keys exist, of what type), the importer (which
+OpenSeek/FlagScale keys map to which setting) and the trainer (the values).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+Setting = int | float | str | bool
+
+# Every model setting a manifest may override, with its type. The names are Megatron's
+# argument names in camelCase, so an OpenSeek `train/*.yaml` maps onto them mechanically.
+MODEL_SETTINGS: Final[dict[str, type]] = {
+    "numLayers": int,
+    "hiddenSize": int,
+    "numAttentionHeads": int,
+    "numQueryGroups": int,
+    "groupQueryAttention": bool,
+    "ffnHiddenSize": int,
+    "maxPositionEmbeddings": int,
+    "normEpsilon": float,
+    "normalization": str,
+    "rotaryBase": int,
+    "swiglu": bool,
+    "initMethodStd": float,
+    "attentionDropout": float,
+    "hiddenDropout": float,
+    "untieEmbeddingsAndOutputWeights": bool,
+    "qkLayernorm": bool,
+    "multiLatentAttention": bool,
+    "kvLoraRank": int,
+    "qkHeadDim": int,
+    "qkPosEmbHeadDim": int,
+    "vHeadDim": int,
+    "numExperts": int,
+    "moeFfnHiddenSize": int,
+    "moeSharedExpertIntermediateSize": int,
+    "moeRouterTopk": int,
+    "moeLayerFreq": str,
+    "moeAuxLossCoeff": float,
+    "moeRouterScoreFunction": str,
+    "moeRouterLoadBalancingType": str,
+    "moeRouterEnableExpertBias": bool,
+    "moeRouterBiasUpdateRate": float,
+    "moeRouterTopkScalingFactor": float,
+    "moeRouterNumGroups": int,
+    "moeRouterGroupTopk": int,
+    "moeGroupedGemm": bool,
+    "moeTokenDispatcherType": str,
+    "tensorModelParallelSize": int,
+    "pipelineModelParallelSize": int,
+    "expertModelParallelSize": int,
+    "contextParallelSize": int,
+    "sequenceParallel": bool,
+    "bf16": bool,
+    "clipGrad": float,
+    "weightDecay": float,
+    "adamBeta1": float,
+    "adamBeta2": float,
+}
+
+_DENSE_DEFAULTS: Final[dict[str, Setting]] = {
+    "normEpsilon": 1e-5,
+    "normalization": "RMSNorm",
+    "rotaryBase": 10000,
+    "swiglu": True,
+    "initMethodStd": 0.02,
+    "attentionDropout": 0.0,
+    "hiddenDropout": 0.0,
+    "untieEmbeddingsAndOutputWeights": False,
+    "qkLayernorm": False,
+    "multiLatentAttention": False,
+    "numExperts": 0,
+    "tensorModelParallelSize": 1,
+    "pipelineModelParallelSize": 1,
+    "expertModelParallelSize": 1,
+    "contextParallelSize": 1,
+    "sequenceParallel": False,
+    "bf16": False,
+    "clipGrad": 1.0,
+    "weightDecay": 0.1,
+    "adamBeta1": 0.9,
+    "adamBeta2": 0.95,
+}
+
+PRESETS: Final[dict[str, dict[str, Setting]]] = {
+    # Trains on two CPU cores in minutes; the quickstart's model.
+    "tiny": {
+        **_DENSE_DEFAULTS,
+        "numLayers": 2,
+        "hiddenSize": 128,
+        "numAttentionHeads": 4,
+        "numQueryGroups": 4,
+        "ffnHiddenSize": 384,
+    },
+    # A ~100M dense model for single-GPU proxy runs (mixture sweeps).
+    "small": {
+        **_DENSE_DEFAULTS,
+        "numLayers": 12,
+        "hiddenSize": 768,
+        "numAttentionHeads": 12,
+        "numQueryGroups": 12,
+        "ffnHiddenSize": 2048,
+        "bf16": True,
+    },
+    # OpenSeek-Small v1 (DeepSeek-V3 style MoE, 1.4B total / 0.4B active): the seed's baseline
+    # `train_deepseek_v3_1_4b.yaml`, the GPU reference configuration.
+    "openseek-small": {
+        **_DENSE_DEFAULTS,
+        "numLayers": 6,
+        "hiddenSize": 1280,
+        "numAttentionHeads": 10,
+        "numQueryGroups": 10,
+        "groupQueryAttention": False,
+        "ffnHiddenSize": 7168,
+        "normEpsilon": 1e-6,
+        "rotaryBase": 1000000,
+        "initMethodStd": 6e-3,
+        "qkLayernorm": True,
+        "multiLatentAttention": True,
+        "kvLoraRank": 512,
+        "qkHeadDim": 128,
+        "qkPosEmbHeadDim": 64,
+        "vHeadDim": 128,
+        "numExperts": 64,
+        "moeFfnHiddenSize": 896,
+        "moeSharedExpertIntermediateSize": 1792,
+        "moeRouterTopk": 6,
+        "moeLayerFreq": "[0]+[1]*5",
+        "moeAuxLossCoeff": 0.0001,
+        "moeRouterScoreFunction": "sigmoid",
+        "moeRouterLoadBalancingType": "seq_aux_loss",
+        "moeRouterEnableExpertBias": True,
+        "moeRouterBiasUpdateRate": 0.001,
+        "moeRouterTopkScalingFactor": 2.446,
+        "moeRouterNumGroups": 1,
+        "moeRouterGroupTopk": 1,
+        "moeGroupedGemm": True,
+        "moeTokenDispatcherType": "alltoall",
+        "sequenceParallel": True,
+        "bf16": True,
+    },
+}
+
+
+def check_override(key: str, value: object) -> str | None:
+    """Return why `overrides[key] = value` is not acceptable, or None."""
+    expected = MODEL_SETTINGS.get(key)
+    if expected is None:
+        return f"unknown model setting {key!r}; known settings: {', '.join(sorted(MODEL_SETTINGS))}"
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        return f"model setting {key!r} must be a {expected.__name__}, got {value!r}"
+    return None

@@ -1,0 +1,233 @@
+"""The contract between the operator and the trainer.
+
+Two versioned documents:
+- the *run spec*, written by the operator into the run's ConfigMap and read by every trainer
+  process: who the run is, the normalised mixture with resolved paths, model and training
+  settings, where output goes;
+- the *run result*, written by the trainer at the end into `results.json` and the master pod's
+  termination message, from which the operator fills `status.result`.
+
+Both encode deterministically (sorted keys, fixed separators) so that the same manifest always
+renders to byte-identical ConfigMaps. This module imports neither kopf nor torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+RUN_SPEC_VERSION = "datamix.io/runspec/v1"
+RUN_RESULT_VERSION = 1
+# The kubelet truncates a container's termination message at 4096 bytes.
+TERMINATION_MESSAGE_LIMIT = 4096
+# Name of the run spec's key in the ConfigMap, and where the pods mount it.
+RUN_SPEC_KEY = "runspec.json"
+RUN_SPEC_MOUNT_DIR = "/etc/datamix"
+RUN_SPEC_PATH = f"{RUN_SPEC_MOUNT_DIR}/{RUN_SPEC_KEY}"
+
+
+class RunSpecError(ValueError):
+    """A run spec or run result document that cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    path: str  # absolute Megatron indexed-dataset prefix (`<path>.bin`, `<path>.idx`)
+    weight: float  # normalised share; all weights of a run sum to 1
+    validation_path: str | None = None
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    peak: float
+    min: float
+    warmup_samples: int
+    decay: str  # cosine | linear | constant
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    seq_length: int
+    global_batch_size: int
+    micro_batch_size: int
+    train_samples: int
+    learning_rate: LearningRate
+    seed: int
+    checkpoint_interval: int  # steps
+    eval_interval: int  # steps
+    eval_samples: int  # validation samples per dataset per evaluation
+    log_interval: int  # steps
+    vocab_size: int
+    eod_token: int
+
+    @property
+    def train_steps(self) -> int:
+        return math.ceil(self.train_samples / self.global_batch_size)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    preset: str
+    settings: dict[str, int | float | str | bool]  # the preset with the overrides applied
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    experiment: str
+    namespace: str
+    run: str  # the run's id: a short hash of the run-defining spec
+    datasets: tuple[DatasetSpec, ...]
+    model: ModelSpec
+    training: TrainingSpec
+    output_dir: str  # <output.path>/<experiment>/<run>
+    nodes: int
+    procs_per_node: int
+    accelerator_peak_flops: float | None = None  # per device, for MFU
+    version: str = field(default=RUN_SPEC_VERSION)
+
+    @property
+    def weights(self) -> list[float]:
+        return [d.weight for d in self.datasets]
+
+    def to_json(self) -> str:
+        return _dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        try:
+            raw = json.loads(text)
+            if raw.get("version") != RUN_SPEC_VERSION:
+                raise RunSpecError(
+                    f"run spec version {raw.get('version')!r} is not {RUN_SPEC_VERSION!r}: "
+                    "the operator and the trainer image are of different releases"
+                )
+            training = dict(raw["training"])
+            training["learning_rate"] = LearningRate(**training["learning_rate"])
+            spec = cls(
+                **{
+                    **raw,
+                    "datasets": tuple(DatasetSpec(**d) for d in raw["datasets"]),
+                    "model": ModelSpec(**raw["model"]),
+                    "training": TrainingSpec(**training),
+                }
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
+            raise RunSpecError(f"malformed run spec: {err}") from err
+        check_weights(spec.weights)
+        return spec
+
+
+def normalise(weights: list[float]) -> list[float]:
+    """Each weight divided by the sum of all weights (Megatron's rule), summing to 1 within 1e-12."""
+    check_weights(weights, normalised=False)
+    total = math.fsum(weights)
+    shares = [w / total for w in weights]
+    # Put the rounding residue on the largest share so the sum is 1 to the last bit possible.
+    residue = 1.0 - math.fsum(shares)
+    largest = max(range(len(shares)), key=shares.__getitem__)
+    shares[largest] += residue
+    return shares
+
+
+def check_weights(weights: list[float], normalised: bool = True) -> None:
+    if not weights:
+        raise RunSpecError("a mixture needs at least one dataset")
+    for i, w in enumerate(weights):
+        if not (isinstance(w, int | float) and math.isfinite(w) and w > 0):
+            raise RunSpecError(f"weight {i} is {w!r}: weights must be finite and greater than 0")
+    if normalised and abs(math.fsum(weights) - 1.0) > 1e-12:
+        raise RunSpecError(f"normalised weights sum to {math.fsum(weights)!r}, not 1")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports. Per-dataset lists follow the run spec's dataset order."""
+
+    run: str
+    train_loss: float | None
+    validation_loss: tuple[float | None, ...]
+    tokens: tuple[int, ...]
+    steps: int
+    consumed_samples: int
+    wall_seconds: float
+    detail_truncated: bool = False  # per-dataset lists left out to fit the termination message
+
+    @property
+    def realised_shares(self) -> list[float]:
+        total = sum(self.tokens)
+        return [t / total if total else 0.0 for t in self.tokens]
+
+    @property
+    def mean_validation_loss(self) -> float | None:
+        losses = [v for v in self.validation_loss if v is not None]
+        return math.fsum(losses) / len(losses) if losses else None
+
+    def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+        """Compact JSON with short keys and 5 significant digits; the per-dataset lists are
+        dropped (and `trunc` set) only if the document would not fit in `limit` bytes."""
+        doc: dict[str, Any] = {
+            "v": RUN_RESULT_VERSION,
+            "run": self.run,
+            "loss": _round(self.train_loss),
+            "val": [_round(v) for v in self.validation_loss],
+            "tok": list(self.tokens),
+            "steps": self.steps,
+            "samples": self.consumed_samples,
+            "wall": round(self.wall_seconds, 1),
+        }
+        text = _dumps(doc)
+        if len(text.encode()) > limit or self.detail_truncated:
+            doc["val"], doc["tok"], doc["trunc"] = [], [], True
+            text = _dumps(doc)
+        return text
+
+    @classmethod
+    def decode(cls, text: str) -> RunResult:
+        try:
+            doc = json.loads(text)
+            if doc.get("v") != RUN_RESULT_VERSION:
+                raise RunSpecError(f"run result version {doc.get('v')!r} is not {RUN_RESULT_VERSION}")
+            return cls(
+                run=doc["run"],
+                train_loss=doc["loss"],
+                validation_loss=tuple(doc["val"]),
+                tokens=tuple(int(t) for t in doc["tok"]),
+                steps=int(doc["steps"]),
+                consumed_samples=int(doc["samples"]),
+                wall_seconds=float(doc["wall"]),
+                detail_truncated=bool(doc.get("trunc", False)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise RunSpecError(f"malformed run result: {err}") from err
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.5g}")
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# How every trainer pod starts. torchrun reads --nnodes, --node-rank and --nproc-per-node from the
+# PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE variables that the Kubeflow training-operator
+# injects; the rendezvous address comes from its MASTER_ADDR/MASTER_PORT (expanded by the kubelet).
+TRAINER_COMMAND: tuple[str, ...] = (
+    "torchrun",
+    "--master-addr=$(MASTER_ADDR)",
+    "--master-port=$(MASTER_PORT)",
+    "--no-python",
+    "datamix",
+    "train",
+    "--run-spec",
+    RUN_SPEC_PATH,
+)
+RUN_SPEC_ENV = "DATAMIX_RUN_SPEC"
+# The trainer's Prometheus endpoint (one per pod, served by local rank 0), container port `metrics`.
+METRICS_PORT = 9410
+METRICS_PORT_NAME = "metrics"
