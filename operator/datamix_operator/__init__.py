@@ -1,0 +1,1 @@
+"""The DataMix operator: reconciles DataMixtureExperiments into run-spec ConfigMaps and PyTorchJobs."""

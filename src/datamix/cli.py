@@ -1,0 +1,123 @@
+"""The `datamix` command line.
+
+Subcommands of the core live here; the trainer and the operator register theirs from their
+own packages (imported without torch or kopf, so every image can run `datamix --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from datamix.errors import UserError
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from datamix.experiment import load_manifest
+    from datamix.validation import validate_manifest
+
+    problems = validate_manifest(load_manifest(args.file))
+    for problem in problems:
+        print(f"{args.file}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.file}: valid")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from datamix.experiment import load_manifest
+    from datamix.validation import validate_manifest
+    from datamix_operator.render import render_children
+
+    manifest = load_manifest(args.file)
+    problems = validate_manifest(manifest)
+    if problems:
+        raise UserError(f"{args.file}: {problems[0]} (run `datamix validate` for all problems)")
+    sys.stdout.write(dump_yaml_documents(render_children(manifest, args.namespace)))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from datamix.importer import import_experiment
+
+    manifest, warnings = import_experiment(Path(args.config), base_dir=args.base_dir)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    text = dump_yaml_documents([manifest])
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from datamix.crd import CRD_FILES, render_crd
+
+    text = render_crd()
+    if args.write:
+        for path in CRD_FILES:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def dump_yaml_documents(docs: Sequence[object]) -> str:
+    return "".join("---\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=False) for d in docs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datamix", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import", help="convert an OpenSeek/FlagScale experiment config into a manifest")
+    p.add_argument("config", help="experiment YAML (with `defaults: - train: NAME` beside a train/ folder)")
+    p.add_argument("-o", "--output", help="write the manifest here instead of stdout")
+    p.add_argument("--base-dir", help="datasets.baseDir in the pods (default: derived from dataset_base_dir)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("validate", help="check a manifest offline against the CRD schema and rules")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print every object the operator creates for a manifest")
+    p.add_argument("file")
+    p.add_argument("-n", "--namespace", help="namespace of the children (default: the manifest's, else default)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("crd", help="print the CustomResourceDefinition (generated from datamix.schema)")
+    p.add_argument("--write", action="store_true", help="update crds/ and the Helm chart's copy")
+    p.set_defaults(func=cmd_crd)
+
+    for module in ("datamix_trainer.commands", "datamix_operator.commands"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ImportError:
+            continue  # that part is not installed in this image
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
