@@ -1,0 +1,48 @@
+"""Shared pytest fixtures.
+
+Local Kubernetes control plane (tests marked `cluster`):
+  cluster     (session) clusterlib.Cluster: reuses the healthy cluster of our state dir or starts
+              one with tools/cluster/cluster.py (building the binaries if needed); stops it at the
+              end only if it started it (set DATAMIX_KEEP_CLUSTER=1 to keep it running).
+  k8s_client  (session) kubernetes.client.ApiClient for that cluster.
+  namespace   (function) a fresh namespace per test (default ServiceAccount ready), deleted after.
+Helpers (wait_for, kubectl, add_fake_nodes, pytorchjob_manifest, ...) are in tests/clusterlib.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clusterlib  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: needs the local Kubernetes control plane (tools/cluster)")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[clusterlib.Cluster]:
+    c = clusterlib.ensure_cluster()
+    yield c
+    if c.started_here and not os.environ.get("DATAMIX_KEEP_CLUSTER"):
+        clusterlib.stop_cluster()
+
+
+@pytest.fixture(scope="session")
+def k8s_client(cluster: clusterlib.Cluster) -> Iterator[Any]:
+    api = cluster.api_client()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, k8s_client: Any) -> Iterator[str]:
+    name = clusterlib.create_namespace(k8s_client, f"t-{request.node.name}")
+    yield name
+    clusterlib.delete_namespace(k8s_client, name)
