@@ -115,6 +115,7 @@ PRESETS: Final[dict[str, dict[str, Setting]]] = {
         "numQueryGroups": 10,
         "groupQueryAttention": False,
         "ffnHiddenSize": 7168,
+        "maxPositionEmbeddings": 4096,
         "normEpsilon": 1e-6,
         "rotaryBase": 1000000,
         "initMethodStd": 6e-3,
