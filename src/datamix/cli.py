@@ -30,9 +30,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from datamix_operator.render import render_children
+
     from datamix.experiment import load_manifest
     from datamix.validation import validate_manifest
-    from datamix_operator.render import render_children
 
     manifest = load_manifest(args.file)
     problems = validate_manifest(manifest)

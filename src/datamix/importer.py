@@ -84,7 +84,9 @@ def _load_yaml(path: Path, what: str) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{what}: malformed YAML in {path}{where}: {getattr(err, 'problem', err)}; fix the syntax") from err
+        raise UserError(
+            f"{what}: malformed YAML in {path}{where}: {getattr(err, 'problem', err)}; fix the syntax"
+        ) from err
     if not isinstance(doc, dict):
         raise UserError(f"{what}: {path} must hold a YAML mapping, not {type(doc).__name__}")
     return doc
@@ -95,9 +97,7 @@ def _compose(config: Path) -> dict[str, Any]:
     defaults = root.pop("defaults", None) or []
     train_name = next((d["train"] for d in defaults if isinstance(d, dict) and "train" in d), None)
     if train_name is None:
-        raise UserError(
-            f"defaults: {config} has no `- train: NAME` entry; add the train file's name to defaults"
-        )
+        raise UserError(f"defaults: {config} has no `- train: NAME` entry; add the train file's name to defaults")
     train_file = config.parent / "train" / str(train_name)
     if train_file.suffix not in (".yaml", ".yml"):
         train_file = train_file.with_name(train_file.name + ".yaml")
@@ -151,11 +151,15 @@ class _Resolver:
         if ":" in ref or ref.startswith("."):
             raise UserError(f"{path}: cannot resolve ${{{ref}}}: only absolute references and oc.env are supported")
         if ref in self._active:
-            raise UserError(f"{path}: cannot resolve ${{{ref}}}: it refers to itself through {' -> '.join(self._active)}")
+            raise UserError(
+                f"{path}: cannot resolve ${{{ref}}}: it refers to itself through {' -> '.join(self._active)}"
+            )
         node: Any = self.root
         for part in ref.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise UserError(f"{path}: cannot resolve ${{{ref}}}: there is no key {ref}; define it or fix the reference")
+                raise UserError(
+                    f"{path}: cannot resolve ${{{ref}}}: there is no key {ref}; define it or fix the reference"
+                )
             node = node[part]
         self.referenced.add(ref)
         self._active.append(ref)
@@ -258,7 +262,8 @@ def _mixture(reader: _Reader, base_dir: str | None, warnings: list[str]) -> tupl
         raise UserError(f"{field}: must be a list of weight, path pairs")
     if len(items) % 2:
         raise UserError(
-            f"{field}: has {len(items)} entries, an odd number; it must alternate weight and path (a weight or a path is missing)"
+            f"{field}: has {len(items)} entries, an odd number; it must alternate weight and path "
+            "(a weight or a path is missing)"
         )
     pairs: list[tuple[float, str]] = []
     seen: dict[str, int] = {}
@@ -270,12 +275,16 @@ def _mixture(reader: _Reader, base_dir: str | None, warnings: list[str]) -> tupl
         except (TypeError, ValueError):
             valid = False
         if not valid:
-            raise UserError(f"{field}[{i}]: weight {weight!r} must be a number greater than 0 (the entry before path {path!r})")
+            raise UserError(
+                f"{field}[{i}]: weight {weight!r} must be a number greater than 0 (the entry before path {path!r})"
+            )
         if not isinstance(path, str) or not path.strip():
             raise UserError(f"{field}[{i + 1}]: {path!r} is not a dataset path; entries must alternate weight and path")
         normal = posixpath.normpath(path)
         if normal in seen:
-            raise UserError(f"{field}[{i + 1}]: path {path!r} appears twice (also at [{seen[normal]}]); merge the two entries")
+            raise UserError(
+                f"{field}[{i + 1}]: path {path!r} appears twice (also at [{seen[normal]}]); merge the two entries"
+            )
         seen[normal] = i + 1
         pairs.append((weight if isinstance(weight, int | float) else w, normal))
 
@@ -355,14 +364,20 @@ def _positive_int(reader: _Reader, path: str, default: int) -> int:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{path}: {value!r} must be a whole number (elastic ranges are not supported); set a fixed count")
+        raise UserError(
+            f"{path}: {value!r} must be a whole number (elastic ranges are not supported); set a fixed count"
+        )
     return value
 
 
 def _training(reader: _Reader, warnings: list[str]) -> dict[str, Any]:
     m = "train.model"
     training: dict[str, Any] = {}
-    for key, target in (("seq_length", "seqLength"), ("global_batch_size", "globalBatchSize"), ("micro_batch_size", "microBatchSize")):
+    for key, target in (
+        ("seq_length", "seqLength"),
+        ("global_batch_size", "globalBatchSize"),
+        ("micro_batch_size", "microBatchSize"),
+    ):
         value = reader.get(f"{m}.{key}")
         if value is None:
             raise UserError(f"{m}.{key}: missing; the manifest needs training.{target}")
@@ -371,7 +386,9 @@ def _training(reader: _Reader, warnings: list[str]) -> dict[str, Any]:
     if length is None:
         raise UserError(f"{m}: set one of train_samples, train_tokens or train_iters")
     path, value = length
-    target = {"train_samples": "trainSamples", "train_tokens": "trainTokens", "train_iters": "trainSteps"}[path.rsplit(".", 1)[1]]
+    target = {"train_samples": "trainSamples", "train_tokens": "trainTokens", "train_iters": "trainSteps"}[
+        path.rsplit(".", 1)[1]
+    ]
     training[target] = _positive_int(reader, path, 0)
 
     sched = f"{m}.optimizer.lr_scheduler"

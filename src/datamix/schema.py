@@ -167,8 +167,7 @@ DATASETS = obj(
     "What to blend and where the data is.",
     {
         "baseDir": string(
-            "Directory where the data volume is mounted in the pods; mixture paths are relative to it. "
-            "Default /data.",
+            "Directory where the data volume is mounted in the pods; mixture paths are relative to it. Default /data.",
             maxLength=1024,
             pattern=ABSOLUTE_PATH,
         ),
@@ -301,8 +300,7 @@ RESOURCES = obj(
                 ),
                 "minMemory": quantity("Least GPU memory (e.g. 40Gi); matched against `nvidia.com/gpu.memory`."),
                 "peakTFLOPS": number(
-                    "Peak dense bf16 TFLOP/s of one GPU, for model FLOPs utilisation; known products "
-                    "need none.",
+                    "Peak dense bf16 TFLOP/s of one GPU, for model FLOPs utilisation; known products need none.",
                     exclusiveMinimum=True,
                     minimum=0,
                 ),
@@ -352,14 +350,18 @@ ENV_VAR = obj(
                     required=("name", "key"),
                 ),
             },
-            rules=((exactly_one("secretKeyRef", "configMapKeyRef"), "set exactly one of secretKeyRef or configMapKeyRef"),),
+            rules=(
+                (exactly_one("secretKeyRef", "configMapKeyRef"), "set exactly one of secretKeyRef or configMapKeyRef"),
+            ),
         ),
     },
     required=("name",),
-    rules=((
-        "!(has(self.value) && has(self.valueFrom))",
-        "set value or valueFrom, not both",
-    ),),
+    rules=(
+        (
+            "!(has(self.value) && has(self.valueFrom))",
+            "set value or valueFrom, not both",
+        ),
+    ),
 )
 
 _DP_SIZE = "(self.resources.nodes * (self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1))"
@@ -386,7 +388,9 @@ SPEC = obj(
             "Where checkpoints, logs and results go: <path>/<experiment>/<run>/.",
             {
                 "volume": volume_source("the output directory"),
-                "path": string("Mount path of the output volume. Default /output.", maxLength=1024, pattern=ABSOLUTE_PATH),
+                "path": string(
+                    "Mount path of the output volume. Default /output.", maxLength=1024, pattern=ABSOLUTE_PATH
+                ),
             },
         ),
         "podTemplate": obj(
@@ -408,8 +412,7 @@ SPEC = obj(
     rules=(
         (
             f"self.training.globalBatchSize % (self.training.microBatchSize * {_DP_SIZE}) == 0",
-            "training.globalBatchSize must be a multiple of microBatchSize x data-parallel size "
-            "(nodes x gpusPerNode)",
+            "training.globalBatchSize must be a multiple of microBatchSize x data-parallel size (nodes x gpusPerNode)",
             ".training.globalBatchSize",
         ),
     ),
@@ -444,9 +447,10 @@ STATUS = obj(
     "Observed state, written by the operator.",
     {
         "observedGeneration": integer("metadata.generation the status reflects.", minimum=0),
-        "phase": string("Pending, Running, Succeeded, Failed or Suspended.", enum=[
-            "Pending", "Running", "Succeeded", "Failed", "Suspended"
-        ]),
+        "phase": string(
+            "Pending, Running, Succeeded, Failed or Suspended.",
+            enum=["Pending", "Running", "Succeeded", "Failed", "Suspended"],
+        ),
         "shape": string("nodes x GPUs per node, e.g. 2x8.", maxLength=16),
         "loss": string("Latest or final training loss, for kubectl get.", maxLength=32),
         "conditions": {
@@ -456,10 +460,13 @@ STATUS = obj(
         },
         "mixture": array(
             "The normalised mixture of the current run.",
-            obj("A dataset's share.", {
-                "name": string("Dataset name.", maxLength=63),
-                "share": number("weight / sum of weights."),
-            }),
+            obj(
+                "A dataset's share.",
+                {
+                    "name": string("Dataset name.", maxLength=63),
+                    "share": number("weight / sum of weights."),
+                },
+            ),
             MAX_DATASETS,
         ),
         "run": obj("The current run.", dict(RUN_SUMMARY_PROPS)),
@@ -470,28 +477,37 @@ STATUS = obj(
         ),
         "startTime": string("When the current run started.", format="date-time"),
         "completionTime": string("When the current run finished.", format="date-time"),
-        "progress": obj("Progress of the current run.", {
-            "consumedSamples": integer("Samples trained on so far.", minimum=0),
-            "targetSamples": integer("Samples the run trains on.", minimum=0),
-            "percent": integer("consumedSamples / targetSamples in percent.", minimum=0, maximum=100),
-        }),
-        "result": obj("Result of the current run, from the master pod's termination message.", {
-            "trainLoss": number("Final training loss."),
-            "meanValidationLoss": number("Mean of the per-dataset validation losses."),
-            "steps": integer("Optimizer steps.", minimum=0),
-            "consumedSamples": integer("Samples trained on.", minimum=0),
-            "wallSeconds": number("Wall time of training."),
-            "datasets": array(
-                "Per dataset: validation loss, tokens and realised share.",
-                obj("One dataset's result.", {
-                    "name": string("Dataset name.", maxLength=63),
-                    "validationLoss": number("Final validation loss."),
-                    "tokens": integer("Training tokens consumed.", minimum=0),
-                    "share": number("Realised share of training tokens."),
-                }),
-                MAX_DATASETS,
-            ),
-        }),
+        "progress": obj(
+            "Progress of the current run.",
+            {
+                "consumedSamples": integer("Samples trained on so far.", minimum=0),
+                "targetSamples": integer("Samples the run trains on.", minimum=0),
+                "percent": integer("consumedSamples / targetSamples in percent.", minimum=0, maximum=100),
+            },
+        ),
+        "result": obj(
+            "Result of the current run, from the master pod's termination message.",
+            {
+                "trainLoss": number("Final training loss."),
+                "meanValidationLoss": number("Mean of the per-dataset validation losses."),
+                "steps": integer("Optimizer steps.", minimum=0),
+                "consumedSamples": integer("Samples trained on.", minimum=0),
+                "wallSeconds": number("Wall time of training."),
+                "datasets": array(
+                    "Per dataset: validation loss, tokens and realised share.",
+                    obj(
+                        "One dataset's result.",
+                        {
+                            "name": string("Dataset name.", maxLength=63),
+                            "validationLoss": number("Final validation loss."),
+                            "tokens": integer("Training tokens consumed.", minimum=0),
+                            "share": number("Realised share of training tokens."),
+                        },
+                    ),
+                    MAX_DATASETS,
+                ),
+            },
+        ),
     },
 )
 

@@ -15,6 +15,9 @@ from functools import cache
 from typing import Any
 
 import celpy
+from celpy import celtypes
+from celpy.adapter import json_to_cel
+from celpy.evaluation import CELEvalError
 
 from datamix.errors import UserError
 from datamix.experiment import build_run_spec
@@ -108,7 +111,9 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str, problems: li
         if name not in value:
             problems.append(Problem(f"{path}.{name}".lstrip("."), "Required value"))
     if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        problems.append(Problem(path.lstrip("."), f"Too many: {len(value)}: must have at most {schema['maxProperties']} items"))
+        problems.append(
+            Problem(path.lstrip("."), f"Too many: {len(value)}: must have at most {schema['maxProperties']} items")
+        )
     for key, item in value.items():
         child = f"{path}.{key}"
         if props is not None and key in props:
@@ -116,7 +121,9 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str, problems: li
         elif isinstance(extra, dict):
             _check(item, extra, child, problems)
         elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields") and path != ".metadata":
-            problems.append(Problem(child.lstrip("."), f'unknown field "{child.lstrip(".")}"; remove it or check the spelling'))
+            problems.append(
+                Problem(child.lstrip("."), f'unknown field "{child.lstrip(".")}"; remove it or check the spelling')
+            )
 
 
 def _check_array(value: list[Any], schema: Schema, path: str, problems: list[Problem]) -> None:
@@ -159,13 +166,21 @@ def _check_scalar(value: Any, schema: Schema, path: str, problems: list[Problem]
                 )
         if "maximum" in schema and value > schema["maximum"]:
             problems.append(
-                Problem(where, f"Invalid value: {shown}: {where} in body should be less than or equal to {schema['maximum']}")
+                Problem(
+                    where,
+                    f"Invalid value: {shown}: {where} in body should be less than or equal to {schema['maximum']}",
+                )
             )
     if isinstance(value, str):
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             problems.append(Problem(where, f"Too long: may not be more than {schema['maxLength']} bytes"))
         if "minLength" in schema and len(value) < schema["minLength"]:
-            problems.append(Problem(where, f"Invalid value: {shown}: {where} in body should be at least {schema['minLength']} chars long"))
+            problems.append(
+                Problem(
+                    where,
+                    f"Invalid value: {shown}: {where} in body should be at least {schema['minLength']} chars long",
+                )
+            )
         pattern = schema.get("pattern") or _int_or_string_pattern(schema)
         if pattern and not re.search(pattern, value):
             problems.append(Problem(where, f"Invalid value: {shown}: {where} in body should match '{pattern}'"))
@@ -191,7 +206,7 @@ def _program(rule: str) -> Any:
 def _rule_holds(rule: str, value: Any, schema: Schema) -> bool:
     try:
         return bool(_program(rule).evaluate({"self": _to_cel(value, schema)}))
-    except celpy.CELEvalError:
+    except CELEvalError:
         # A rule that cannot be evaluated (e.g. a field of the wrong type, reported already)
         # is not reported twice.
         return True
@@ -200,18 +215,18 @@ def _rule_holds(rule: str, value: Any, schema: Schema) -> bool:
 def _to_cel(value: Any, schema: Schema | None) -> Any:
     """Like the API server: values of `type: number` are doubles in CEL even when written as 1."""
     if schema is None:
-        return celpy.json_to_cel(value)
+        return json_to_cel(value)
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
-        return celpy.celtypes.MapType(
+        return celtypes.MapType(
             {
-                celpy.celtypes.StringType(k): _to_cel(v, props.get(k, extra if isinstance(extra, dict) else None))
+                celtypes.StringType(k): _to_cel(v, props.get(k, extra if isinstance(extra, dict) else None))
                 for k, v in value.items()
             }
         )
     if isinstance(value, list):
-        return celpy.celtypes.ListType([_to_cel(v, schema.get("items")) for v in value])
+        return celtypes.ListType([_to_cel(v, schema.get("items")) for v in value])
     if schema.get("type") == "number" and isinstance(value, int | float) and not isinstance(value, bool):
-        return celpy.celtypes.DoubleType(float(value))
-    return celpy.json_to_cel(value)
+        return celtypes.DoubleType(float(value))
+    return json_to_cel(value)
