@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test lint crd
+.PHONY: install deps run test lint crd
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -23,7 +23,13 @@ lint: install
 crd: install
 	$(VENV)/bin/datamix crd --write
 
-test: install lint
+# Everything the tests need beside the venv: Prometheus (Debian package, unpacked into the
+# cache) and the control-plane binaries (built once per pin set, cached outside the checkout).
+deps: install
+	tools/ci/install-prometheus.sh >/dev/null
+	tools/k8s/build.sh
+
+test: deps lint
 	$(PY) -m pytest
 
 -include Makefile.cluster Makefile.operator Makefile.ship
