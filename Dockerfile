@@ -6,12 +6,12 @@
 #
 # Base: Debian bookworm's Python 3.11 (pyproject: requires-python >=3.11,<3.12), pinned by version
 # tag and by the digest of its multi-architecture index. The digest was taken from public
-# Dockerfiles that pin the same tag; no registry was reachable here to re-check it. Update both
-# together: docker buildx imagetools inspect python:3.11.14-slim-bookworm
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+# Dockerfiles that pin the same tag; no registry was reachable here to re-check it. Update tag and
+# digest together (docker buildx imagetools inspect python:3.11.14-slim-bookworm). The image is
+# written out in FROM, not in an ARG, so that scanners (checkov CKV_DOCKER_7) can read the pin.
 
 # ---- base: runtime settings and the unprivileged user shared by both images ------------------
-FROM ${PYTHON_IMAGE} AS base
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
