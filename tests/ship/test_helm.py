@@ -1,0 +1,278 @@
+"""The Helm chart (helm/datamix): `helm lint` and `helm template` with several value sets, the
+security settings of the operator Deployment, the shape of the RBAC, the monitors, the
+dashboard ConfigMap, and the single sources of the CRD and the dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from shiplib import CHART, HELM_MISSING, KUBE_VERSION, REPO, by_kind, helm, helm_bin, one, render, values_args
+
+from datamix.crd import CRD_FILE_NAME, render_crd
+
+needs_helm = pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "monitoring": {"podMonitors": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                                   "interval": "15s"},
+                   "dashboard": {"namespace": "monitoring", "folder": "ML training"}},
+    "namespaced-monitoring": {"watchNamespaces": ["team-a"], "podMonitors": {"enabled": True}},
+    "pinned-image": {"image": {"repository": "registry.example.com/datamix/operator", "tag": "0.1.0",
+                               "digest": "sha256:" + "ab" * 32, "pullPolicy": "IfNotPresent"},
+                     "trainerImage": "registry.example.com/datamix/trainer:0.1.0",
+                     "imagePullSecrets": [{"name": "regcred"}]},
+    "existing-service-account": {"serviceAccount": {"create": False, "name": "datamix-operator"},
+                                 "rbac": {"create": False}},
+    "minimal": {"dashboard": {"enabled": False}, "networkPolicy": {"enabled": False},
+                "operator": {"extraArgs": ["--verbose"], "env": [{"name": "X", "value": "1"}]},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "fullnameOverride": "datamix-operator"},
+}
+
+NAMESPACED_RESOURCES = {
+    ("datamix.io", "datamixtureexperiments"): {"get", "list", "watch", "patch"},
+    ("datamix.io", "datamixtureexperiments/status"): {"get", "patch", "update"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
+    ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CLUSTER_RESOURCES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
+}
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs")
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    if helm_bin() is None:
+        pytest.skip(HELM_MISSING)
+    tmp = tmp_path_factory.mktemp("values")
+    return {name: render(values, tmp) for name, values in VALUE_SETS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# single sources
+
+
+def test_chart_crd_is_the_generated_crd() -> None:
+    chart_copy = (CHART / "crds" / CRD_FILE_NAME).read_text()
+    assert chart_copy == (REPO / "crds" / CRD_FILE_NAME).read_text(), "run `datamix crd --write`"
+    assert chart_copy == render_crd(), "run `datamix crd --write`"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD_FILE_NAME]
+
+
+def test_chart_dashboard_is_the_generated_dashboard() -> None:
+    res = subprocess.run([sys.executable, str(REPO / "dashboards" / "generate.py"), "--check"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (CHART / "dashboards" / "datamix.json").read_bytes() == (REPO / "dashboards" / "datamix.json").read_bytes()
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        return [p for k, v in node.items() for p in _leaf_paths(v, f"{prefix}.{k}" if prefix else k)]
+    return [prefix]
+
+
+def test_every_value_is_documented() -> None:
+    """Each value has a `# --` comment in values.yaml and a row in docs/install.md."""
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("-") or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, rest = stripped.partition(":")
+        if rest.strip() == "" and i + 1 < len(lines) and (len(lines[i + 1]) - len(lines[i + 1].lstrip())) > indent \
+                and not lines[i + 1].strip().startswith("#"):
+            continue  # a section header whose children are documented
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+            j -= 1
+        assert j >= 0 and lines[j].strip().startswith("# --"), f"values.yaml: {key} has no `# --` comment"
+    install = (REPO / "docs" / "install.md").read_text()
+    for path in _leaf_paths(values):
+        assert f"`{path}`" in install, f"docs/install.md does not document `{path}`"
+
+
+# ---------------------------------------------------------------------------------------------
+# helm lint / template
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_helm_lint(name: str, tmp_path: Path) -> None:
+    res = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *values_args(VALUE_SETS[name], tmp_path), check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 chart(s) failed" in res.stdout
+
+
+@needs_helm
+def test_template_includes_crds_for_argocd(tmp_path: Path) -> None:
+    from shiplib import render as render_docs
+
+    docs = render_docs({}, tmp_path, include_crds=True)
+    crd = one(docs, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == "datamixtureexperiments.datamix.io"
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_every_object_is_namespaced_explicitly(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+    for doc in rendered[name]:
+        meta = doc["metadata"]
+        assert ("namespace" in meta) == (doc["kind"] not in cluster_scoped), (doc["kind"], meta)
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "datamix"
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = VALUE_SETS[name]
+    dep = one(rendered[name], "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"liveness": 8080, "metrics": 8081}
+    res = container["resources"]
+    assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+    assert container["command"] == ["datamix", "operator"]
+    args = container["args"]
+    assert "--liveness-port=8080" in args and "--metrics-port=8081" in args
+    namespaces = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
+    assert namespaces == values.get("watchNamespaces", [])
+    expected_sa = values.get("serviceAccount", {}).get("name") or dep["metadata"]["name"]
+    assert pod["serviceAccountName"] == expected_sa
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if "trainerImage" in values:
+        assert env["DATAMIX_TRAINER_IMAGE"] == values["trainerImage"]
+    image = values.get("image", {})
+    if image.get("digest"):
+        assert container["image"].endswith("@" + image["digest"])
+    else:
+        assert container["image"] == "datamix-operator:0.1.0"
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = VALUE_SETS[name]
+    docs = rendered[name]
+    if values.get("rbac", {}).get("create") is False:
+        assert not [d for d in docs if d["apiVersion"].startswith("rbac.")]
+        assert not by_kind(docs, "ServiceAccount")
+        return
+    sa = one(docs, "ServiceAccount")
+    namespaces = values.get("watchNamespaces")
+    roles, cluster_roles = by_kind(docs, "Role"), by_kind(docs, "ClusterRole")
+    if namespaces:
+        assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
+        for role in roles:
+            assert grants(role["rules"]) == NAMESPACED_RESOURCES
+        (cluster_role,) = cluster_roles
+        assert grants(cluster_role["rules"]) == CLUSTER_RESOURCES
+        bindings = by_kind(docs, "RoleBinding")
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
+    else:
+        assert not roles and not by_kind(docs, "RoleBinding")
+        (cluster_role,) = cluster_roles
+        assert grants(cluster_role["rules"]) == {**NAMESPACED_RESOURCES, **CLUSTER_RESOURCES}
+        bindings = []
+    bindings += by_kind(docs, "ClusterRoleBinding")
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                        "namespace": "datamix-system"}]
+    all_rules = [r for d in roles + cluster_roles for r in d["rules"]]
+    granted = grants(all_rules)
+    assert not any(res in {"secrets", "nodes", "serviceaccounts/token", "roles", "clusterroles"}
+                   for _, res in granted)
+    assert granted[("apiextensions.k8s.io", "customresourcedefinitions")] == {"get", "list", "watch"}
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_pod_monitors(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = VALUE_SETS[name]
+    monitors = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in by_kind(rendered[name], "PodMonitor")}
+    pm_values = values.get("podMonitors", {})
+    if not pm_values.get("enabled"):
+        assert not monitors, "PodMonitors are off by default"
+        return
+    assert set(monitors) == {"operator", "trainer"}
+    for monitor in monitors.values():
+        for key, value in pm_values.get("labels", {}).items():
+            assert monitor["metadata"]["labels"][key] == value
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["interval"] == pm_values.get("interval", "30s")
+    trainer = monitors["trainer"]["spec"]
+    assert trainer["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "datamix-operator",
+                                                  "app.kubernetes.io/part-of": "datamix"}
+    if values.get("watchNamespaces"):
+        assert trainer["namespaceSelector"] == {"matchNames": values["watchNamespaces"]}
+    else:
+        assert trainer["namespaceSelector"] == {"any": True}
+    dep = one(rendered[name], "Deployment")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert monitors["operator"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_dashboard_configmap(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = VALUE_SETS[name]
+    maps = by_kind(rendered[name], "ConfigMap")
+    if values.get("dashboard", {}).get("enabled") is False:
+        assert not maps
+        return
+    (cm,) = maps
+    dashboard = values.get("dashboard", {})
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == dashboard.get("folder", "DataMix")
+    assert cm["metadata"]["namespace"] == dashboard.get("namespace", "datamix-system")
+    assert cm["data"]["datamix.json"] == (REPO / "dashboards" / "datamix.json").read_text().rstrip("\n")
+    json.loads(cm["data"]["datamix.json"])
+    # Client-side apply stores the whole object in an annotation: 256 KiB at most.
+    assert len(json.dumps(cm).encode()) < 256 * 1024
+
+
+@needs_helm
+def test_namespaced_rbac_needs_no_cluster_write(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["namespaced"]
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    verbs = {v for r in cluster_role["rules"] for v in r["verbs"]}
+    assert verbs == {"get", "list", "watch"}
