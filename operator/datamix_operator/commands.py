@@ -1,0 +1,78 @@
+"""`datamix operator`: registered into the `datamix` CLI (imports no kopf until it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from datamix.errors import UserError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "operator",
+        help="run the operator (reconciles DataMixtureExperiments into ConfigMaps and PyTorchJobs)",
+        description="Run the DataMix operator in this process: one replica, no peering. Kubeconfig "
+        "from $KUBECONFIG, else in-cluster, else ~/.kube/config.",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", default=[], metavar="NS",
+        help="watch this namespace (repeat for several); default: $DATAMIX_WATCH_NAMESPACES (comma-separated)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument(
+        "--trainer-image", default=os.environ.get("DATAMIX_TRAINER_IMAGE"),
+        help="trainer image for experiments without spec.image (default: $DATAMIX_TRAINER_IMAGE or "
+        "datamix-trainer:0.1.0)",
+    )
+    p.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("DATAMIX_LOG_FORMAT", "plain"))
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0: off)")
+    p.add_argument("--metrics-port", type=int, default=8081, help="serve Prometheus /metrics here (0: off)")
+    p.add_argument("--bind-address", default="0.0.0.0", help="address of the liveness and metrics endpoints")
+    p.add_argument(
+        "--resync-seconds", type=float, default=60.0,
+        help="every experiment is reconciled at least this often (a safety net for missed events)",
+    )
+    p.add_argument(
+        "--crd-retry-seconds", type=float, default=30.0,
+        help="retry interval while the PyTorchJob CRD is missing",
+    )
+    p.add_argument("--workers", type=int, default=16, help="reconciliations running at once")
+    p.add_argument(
+        "--pytorchjob-api", default="kubeflow.org/v1", metavar="GROUP/VERSION",
+        help="where PyTorchJobs are served (tests point it at an absent API to exercise the missing-CRD path)",
+    )
+    p.set_defaults(func=cmd_operator)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from datamix_operator.config import OperatorConfig
+
+    namespaces = list(args.namespaces)
+    if not namespaces and not args.all_namespaces:
+        namespaces = [n for n in (os.environ.get("DATAMIX_WATCH_NAMESPACES") or "").split(",") if n.strip()]
+    if not namespaces and not args.all_namespaces:
+        raise UserError("operator: give --namespace NS (repeatable) or --all-namespaces")
+    try:
+        config = OperatorConfig.build(
+            namespaces=tuple(n.strip() for n in namespaces),
+            trainer_image=args.trainer_image,
+            log_format=args.log_format,
+            verbose=args.verbose,
+            liveness_port=args.liveness_port,
+            metrics_port=args.metrics_port,
+            bind_address=args.bind_address,
+            resync_seconds=args.resync_seconds,
+            crd_retry_seconds=args.crd_retry_seconds,
+            workers=args.workers,
+            pytorchjob_api=args.pytorchjob_api,
+        )
+    except ValueError as err:
+        raise UserError(f"operator: {err}") from err
+    from datamix_operator.main import run
+
+    run(config)
+    return 0

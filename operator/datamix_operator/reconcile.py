@@ -1,0 +1,456 @@
+"""One level-based reconciliation of one DataMixtureExperiment (no kopf here).
+
+Every trigger (the experiment changed, its PyTorchJob or master pod changed, the slow resync,
+a retry) calls `Reconciler.reconcile(namespace, name)`, which reads the world afresh and moves
+it one step towards the spec:
+
+1. render the current run's ConfigMap and PyTorchJob (deterministic names: `<name>-<run id>`);
+   invalid input only the operator can see -> Stalled/InvalidSpec;
+2. list the experiment's jobs (a missing PyTorchJob CRD -> Stalled/PyTorchJobCRDMissing, retried);
+3. create-or-get the ConfigMap and the job (409 AlreadyExists is success once the owner UID
+   matches), then apply a change of spec.suspend;
+4. observe the job (and, once it finished, its master pod's termination message);
+5. write the status if and only if it differs, post Events for the transitions;
+6. retire jobs of earlier runs: their state is in status.previousRuns by now, so delete them.
+
+Calls are serialised per experiment (a lock), so concurrent triggers cannot interleave.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from datamix.errors import UserError
+from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
+from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
+from datamix_operator.metrics import Metrics
+from datamix_operator.render import (
+    ANNOTATION_SUSPEND,
+    DEFAULT_TRAINER_IMAGE,
+    LABEL_EXPERIMENT,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGED_BY,
+    render_children,
+)
+from datamix_operator.status import (
+    CHILD_CONFLICT,
+    CRD_MISSING,
+    INVALID_SPEC,
+    Observation,
+    RunInfo,
+    RunState,
+    Stall,
+    desired_status,
+    job_condition,
+    merge_patch,
+    merge_previous_runs,
+    run_state,
+    run_summary,
+    same,
+    transitions,
+)
+
+log = logging.getLogger("datamix_operator")
+
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+# Fault injection for the restart tests: the process exits (as if killed) at the named point.
+CRASH_ENV = "DATAMIX_OPERATOR_CRASH_AT"
+CRASH_POINTS = ("configmap-created", "job-created", "status-written", "run-recorded")
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def crash_point(name: str) -> None:
+    if name in (os.environ.get(CRASH_ENV) or "").split(","):
+        log.error("crash point %s reached (%s): exiting", name, CRASH_ENV)
+        logging.shutdown()
+        os._exit(137)
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
+def experiment_selector(name: str) -> str:
+    return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_EXPERIMENT}={name}"
+
+
+class Conflict(Exception):
+    """A child of the run's name exists but belongs to another owner (e.g. a deleted experiment
+    of the same name whose children the garbage collector has not removed yet)."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: KubeApi,
+        *,
+        trainer_image: str = DEFAULT_TRAINER_IMAGE,
+        metrics: Metrics | None = None,
+        clock: Callable[[], str] = utcnow,
+        crd_retry_seconds: float = 30.0,
+        error_retry_seconds: float = 2.0,
+        schedule: Callable[[str, str, float], None] | None = None,
+        instance: str = "datamix-operator",
+    ) -> None:
+        self.kube = kube
+        self.trainer_image = trainer_image
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.crd_retry_seconds = crd_retry_seconds
+        self.error_retry_seconds = error_retry_seconds
+        self.schedule = schedule or self._schedule_with_timer
+        self.instance = instance
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._failures: dict[tuple[str, str], int] = {}
+        self._pending: set[tuple[str, str]] = set()
+        self._written: dict[tuple[str, str], str] = {}  # resourceVersion our last status patch produced
+        self._job_seen: dict[tuple[str, str], str] = {}
+        self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
+
+    # ------------------------------------------------------------------------------------------
+    # triggers
+
+    def on_experiment(self, namespace: str, name: str, resource_version: str | None, deleted: bool = False) -> None:
+        key = (namespace, name)
+        if deleted:
+            self.forget(namespace, name)
+            return
+        if resource_version and self._written.get(key) == resource_version:
+            return  # the echo of our own status write
+        self.reconcile(namespace, name)
+
+    def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = job.get("metadata") or {}
+        experiment = (meta.get("labels") or {}).get(LABEL_EXPERIMENT)
+        if not experiment:
+            return
+        key = (namespace, meta.get("name", ""))
+        seen = json.dumps([job.get("status"), meta.get("deletionTimestamp"), deleted], sort_keys=True)
+        if not deleted and self._job_seen.get(key) == seen:
+            return  # e.g. our own annotation patch: nothing the status depends on changed
+        if deleted:
+            self._job_seen.pop(key, None)
+        else:
+            self._job_seen[key] = seen
+        self.reconcile(namespace, experiment)
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self._written.pop(key, None)
+        self._failures.pop(key, None)
+        self.metrics.observe_phase(namespace, name, None)
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _schedule_with_timer(self, namespace: str, name: str, delay: float) -> None:
+        key = (namespace, name)
+        with self._locks_guard:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+
+        def fire() -> None:
+            with self._locks_guard:
+                self._pending.discard(key)
+            self.reconcile(namespace, name)
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        timer.start()
+
+    # ------------------------------------------------------------------------------------------
+    # the reconciliation
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        with self._lock(key):
+            started = time.monotonic()
+            try:
+                retry = self._reconcile(namespace, name)
+                self._failures.pop(key, None)
+            except Exception as err:
+                self.metrics.reconcile_errors.inc()
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                retry = min(self.error_retry_seconds * 2 ** (failures - 1), 120.0)
+                if isinstance(err, KubeError | Conflict):
+                    log.warning("reconciling %s/%s failed (retry in %.0fs): %s", namespace, name, retry, err)
+                else:
+                    log.exception("reconciling %s/%s failed (retry in %.0fs)", namespace, name, retry)
+            finally:
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+        if retry is not None:
+            self.schedule(namespace, name, retry)
+
+    def _reconcile(self, namespace: str, name: str) -> float | None:
+        """One step; returns the delay of a retry the situation asks for (None: none)."""
+        kube = self.kube
+        exp = kube.get_experiment(namespace, name)
+        if exp is None:
+            self.forget(namespace, name)
+            return None
+        meta = exp["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None  # the garbage collector removes the children (owner references)
+        uid = meta["uid"]
+        old_status: dict[str, Any] = exp.get("status") or {}
+        stall: Stall | None = None
+        retry: float | None = None
+
+        # 1. the current run as the spec defines it
+        run: RunInfo | None = None
+        configmap: dict[str, Any] | None = None
+        job_body: dict[str, Any] | None = None
+        try:
+            configmap, job_body = render_children(exp, namespace, trainer_image_default=self.trainer_image)
+            run = RunInfo(
+                id=configmap["metadata"]["labels"][LABEL_RUN],
+                config_map=configmap["metadata"]["name"],
+                job=job_body["metadata"]["name"],
+                spec=RunSpec.from_json(configmap["data"][RUN_SPEC_KEY]),
+            )
+        except (UserError, RunSpecError) as err:
+            stall = Stall(INVALID_SPEC, str(err))
+        valid = run is not None
+
+        # 2. the jobs that exist (ours: labelled and owned by this experiment)
+        jobs: dict[str, dict[str, Any]] | None
+        try:
+            jobs = {
+                j["metadata"]["name"]: j
+                for j in kube.list_jobs(namespace, experiment_selector(name))
+                if owned_by(j, uid)
+            }
+        except ResourceMissing as err:
+            jobs = None
+            stall = stall or Stall(
+                CRD_MISSING,
+                f"{err.args[0] if err.args else err}: install the Kubeflow training-operator "
+                "(its PyTorchJob CRD); the operator retries",
+            )
+            retry = self.crd_retry_seconds
+        if not valid and old_status.get("run"):
+            run = self._recorded_run(namespace, old_status["run"])  # keep following the last valid run
+
+        # 3. create-or-get the current run's children, apply spec.suspend
+        live: dict[str, Any] | None = None
+        if jobs is not None and run is not None:
+            live = jobs.get(run.job)
+            if live is None and valid and configmap is not None and job_body is not None:
+                try:
+                    live = self._create_children(namespace, exp, configmap, job_body)
+                except ResourceMissing as err:
+                    stall = Stall(CRD_MISSING, f"{err}: install the Kubeflow training-operator; the operator retries")
+                    retry = self.crd_retry_seconds
+                except Conflict as err:
+                    stall = Stall(CHILD_CONFLICT, str(err))
+                    retry = 10.0
+            if live is not None and valid:
+                live = self._apply_suspend(namespace, exp, live)
+
+        # 4. observe
+        state = self._observe(namespace, live) if live is not None else None
+        carried = None
+        if state is not None and state.result is None and state.phase in ("Succeeded", "Failed"):
+            recorded = old_status.get("run") or {}
+            if run is not None and recorded.get("id") == run.id and old_status.get("result"):
+                carried = old_status  # the master pod is gone; keep what was read from it
+        stale = [] if jobs is None or not valid else [j for n, j in jobs.items() if run is None or n != run.job]
+        retired = [self._retired_summary(namespace, j) for j in _newest_first(stale)]
+        old_run = old_status.get("run") or {}
+        if (
+            valid
+            and run is not None
+            and old_run.get("id")
+            and old_run["id"] != run.id
+            and old_run["id"] not in {r["id"] for r in retired}
+        ):
+            retired.append(_as_retired(old_run))  # its job is gone already: record it as last seen
+        previous = merge_previous_runs(old_status.get("previousRuns") or [], retired)
+        queue = (exp["spec"].get("resources") or {}).get("queueName")
+        obs = Observation(run=run, state=state, stall=stall, previous_runs=previous, queue=queue)
+
+        # 5. write the status only when it changed
+        new_status = desired_status(exp, obs, self.clock())
+        if carried is not None:
+            for field in ("result", "loss", "progress"):
+                if field in carried:
+                    new_status[field] = carried[field]
+        if not same(old_status, new_status):
+            written = kube.patch_experiment_status(namespace, name, {"status": merge_patch(old_status, new_status)})
+            self._written[(namespace, name)] = (written.get("metadata") or {}).get("resourceVersion", "")
+            crash_point("status-written")
+            self._count_and_announce(exp, old_status, new_status)
+        self.metrics.observe_phase(namespace, name, new_status["phase"])
+
+        # 6. retire earlier runs (recorded in status.previousRuns above)
+        if stale:
+            crash_point("run-recorded")
+            for job in stale:
+                job_name = job["metadata"]["name"]
+                kube.delete_job(namespace, job_name)
+                kube.delete_configmap(namespace, job_name)
+                self._event(exp, "Normal", "RunRetired", f"Deleted PyTorchJob {job_name} of an earlier run")
+        if valid and run is not None and (stale or old_run.get("id") != run.id):
+            for cm in kube.list_configmaps(namespace, experiment_selector(name)):
+                cm_name = cm["metadata"]["name"]
+                if cm_name != run.config_map and owned_by(cm, uid):
+                    kube.delete_configmap(namespace, cm_name)
+        return retry
+
+    # ------------------------------------------------------------------------------------------
+    # steps
+
+    def _create_children(
+        self, namespace: str, exp: dict[str, Any], configmap: dict[str, Any], job: dict[str, Any]
+    ) -> dict[str, Any]:
+        uid = exp["metadata"]["uid"]
+        try:
+            self.kube.create_configmap(namespace, configmap)
+        except AlreadyExists:
+            existing = self.kube.get_configmap(namespace, configmap["metadata"]["name"])
+            if existing is not None and not owned_by(existing, uid):
+                raise Conflict(
+                    f"ConfigMap {configmap['metadata']['name']} exists and is not this experiment's; "
+                    "waiting for it to be deleted"
+                ) from None
+        crash_point("configmap-created")
+        job_name = job["metadata"]["name"]
+        try:
+            live = self.kube.create_job(namespace, job)
+            self.metrics.runs_created.inc()
+            log.info("created PyTorchJob %s/%s", namespace, job_name)
+        except AlreadyExists:
+            # Created by an earlier incarnation of the operator whose list missed it.
+            found = self.kube.get_job(namespace, job_name)
+            if found is None or not owned_by(found, uid):
+                raise Conflict(
+                    f"PyTorchJob {job_name} exists and is not this experiment's; waiting for it to be deleted"
+                ) from None
+            live = found
+        crash_point("job-created")
+        return live
+
+    def _apply_suspend(self, namespace: str, exp: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        """Act on a change of spec.suspend. With a Kueue queue, runPolicy.suspend is Kueue's: the
+        operator sets it only when the user's spec.suspend turns true, and never undoes Kueue."""
+        if job_condition(job, "Succeeded") or job_condition(job, "Failed"):
+            return job
+        want = bool(exp["spec"].get("suspend", False))
+        queue = (exp["spec"].get("resources") or {}).get("queueName")
+        recorded = ((job["metadata"].get("annotations") or {}).get(ANNOTATION_SUSPEND))
+        actual = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
+        patch: dict[str, Any] = {}
+        if recorded != ("true" if want else "false"):
+            patch["metadata"] = {"annotations": {ANNOTATION_SUSPEND: "true" if want else "false"}}
+            if want or not queue:
+                patch["spec"] = {"runPolicy": {"suspend": want}}
+        elif not queue and actual != want:
+            patch["spec"] = {"runPolicy": {"suspend": want}}
+        if not patch:
+            return job
+        log.info("PyTorchJob %s/%s: suspend=%s", namespace, job["metadata"]["name"], want)
+        return self.kube.patch_job(namespace, job["metadata"]["name"], patch)
+
+    def _observe(self, namespace: str, job: dict[str, Any]) -> RunState:
+        terminal = bool(job_condition(job, "Succeeded") or job_condition(job, "Failed"))
+        pod = None
+        if terminal:
+            uid = job["metadata"].get("uid", "")
+            pod = self._masters.get(uid)
+            if pod is None:
+                pod = self._master_pod(namespace, job["metadata"]["name"])
+                if pod is not None:
+                    self._masters[uid] = pod
+        return run_state(job, pod)
+
+    def _master_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
+        pods = self.kube.list_pods(namespace, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}=master")
+        if not pods:
+            return None
+        # The newest incarnation holds the final termination message.
+        return max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def _retired_summary(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
+        name = job["metadata"]["name"]
+        run_id = (job["metadata"].get("labels") or {}).get(LABEL_RUN, name.rsplit("-", 1)[-1])
+        info = RunInfo(id=run_id, config_map=name, job=name)
+        return run_summary(info, self._observe(namespace, job), retired=True)
+
+    def _recorded_run(self, namespace: str, recorded: Mapping[str, Any]) -> RunInfo | None:
+        if not recorded.get("id") or not recorded.get("job"):
+            return None
+        spec = None
+        cm = self.kube.get_configmap(namespace, recorded.get("configMap") or recorded["job"])
+        if cm is not None:
+            try:
+                spec = RunSpec.from_json((cm.get("data") or {}).get(RUN_SPEC_KEY, ""))
+            except RunSpecError:
+                spec = None
+        return RunInfo(recorded["id"], recorded.get("configMap") or recorded["job"], recorded["job"], spec)
+
+    def _count_and_announce(self, exp: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        for t in transitions(old, new):
+            if t.reason == "JobSucceeded":
+                self.metrics.runs_succeeded.inc()
+            elif t.reason == "JobFailed":
+                self.metrics.runs_failed.inc()
+            self._event(exp, t.type, t.reason, t.message)
+
+    def _event(self, exp: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = exp["metadata"]
+        now = self.clock()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": exp["apiVersion"],
+                "kind": exp["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": MANAGED_BY},
+            "reportingComponent": MANAGED_BY,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.kube.create_event(meta["namespace"], body)
+        except KubeError as err:  # events are auxiliary; conditions carry the same information
+            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
+
+
+def _newest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(jobs, key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
+
+
+def _as_retired(run: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(run)
+    if out.get("phase") not in ("Succeeded", "Failed"):
+        out["reason"] = "Superseded"
+    return out

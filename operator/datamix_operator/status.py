@@ -1,0 +1,473 @@
+"""From observed objects to the experiment's status: pure functions, no API calls.
+
+The reconciler observes the current run's PyTorchJob (and, once it has finished, its master pod),
+turns them into a `RunState`, and `desired_status` turns that into the whole status document.
+The document depends only on what was observed and on the previous status (for condition
+transition times), never on the clock alone: reconciling an unchanged world yields an identical
+document, so nothing is written (no churn for GitOps tools).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datamix.runspec import RunResult, RunSpec, RunSpecError, normalise
+from datamix_operator.render import PYTORCHJOB_CONTAINER
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "Stalled")
+MAX_PREVIOUS_RUNS = 16
+MAX_MESSAGE = 1024
+
+# Reasons (one CamelCase word each).
+JOB_CREATED = "JobCreated"
+JOB_PENDING = "JobPending"
+JOB_QUEUED = "JobQueued"
+JOB_RUNNING = "JobRunning"
+JOB_RESTARTING = "JobRestarting"
+JOB_SUCCEEDED = "JobSucceeded"
+JOB_FAILED = "JobFailed"
+SUSPENDED = "Suspended"
+INVALID_SPEC = "InvalidSpec"
+CRD_MISSING = "PyTorchJobCRDMissing"
+CHILD_CONFLICT = "ChildConflict"
+NOT_CREATED = "JobNotCreated"
+AS_EXPECTED = "AsExpected"
+SUPERSEDED = "Superseded"
+
+_PHASE_SENTENCE = {
+    "Pending": "The run is waiting for its pods",
+    "Running": "The run is training",
+    "Succeeded": "The run succeeded",
+    "Failed": "The run failed",
+    "Suspended": "The run is suspended",
+}
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Why the operator cannot act: invalid input the schema could not catch, a missing CRD, or
+    a child of the same name owned by something else."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run's PyTorchJob (and master pod) say about it."""
+
+    phase: str
+    reason: str
+    message: str
+    restarting: bool = False
+    restart_message: str = ""
+    job_suspended: bool = False
+    start_time: str | None = None
+    completion_time: str | None = None
+    result: RunResult | None = None
+    result_problem: str | None = None  # why a finished run has no result
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The identity and plan of a run: its id, child names, and run spec."""
+
+    id: str
+    config_map: str
+    job: str
+    spec: RunSpec | None = None
+
+    @property
+    def target_samples(self) -> int | None:
+        return self.spec.training.train_samples if self.spec else None
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return [d.name for d in self.spec.datasets] if self.spec else []
+
+
+@dataclass
+class Observation:
+    """Everything `desired_status` needs besides the experiment itself."""
+
+    run: RunInfo | None
+    state: RunState | None  # None: the run has no job (yet)
+    stall: Stall | None = None
+    previous_runs: list[dict[str, Any]] = field(default_factory=list)
+    queue: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# the job and its pods
+
+
+def job_condition(job: Mapping[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    """The job's condition of type `ctype` if its status is True."""
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def master_container_state(pod: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The `terminated` state of the master pod's trainer container (current or last)."""
+    if not pod:
+        return None
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") != PYTORCHJOB_CONTAINER and len(statuses) > 1:
+            continue
+        terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return None
+
+
+def read_result(pod: Mapping[str, Any] | None) -> tuple[RunResult | None, str | None]:
+    """The run result from the master pod's termination message, or why there is none."""
+    if not pod:
+        return None, "the master pod is gone"
+    terminated = master_container_state(pod)
+    if terminated is None:
+        return None, "the master container has not terminated"
+    message = (terminated.get("message") or "").strip()
+    if not message:
+        return None, "the master container left no termination message"
+    try:
+        return RunResult.decode(message), None
+    except RunSpecError as err:
+        return None, f"the termination message is not a run result ({err})"
+
+
+def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = None) -> RunState:
+    """Interpret a PyTorchJob's conditions (training-operator v1: Created, Running, Restarting,
+    Succeeded, Failed, Suspended) and, for a finished job, its master pod."""
+    name = job.get("metadata", {}).get("name", "?")
+    status = job.get("status") or {}
+    start, completion = status.get("startTime"), status.get("completionTime")
+    failed = job_condition(job, "Failed")
+    if failed:
+        message = f"PyTorchJob {name} failed"
+        if failed.get("reason"):
+            message += f" ({failed['reason']})"
+        if failed.get("message"):
+            message += f": {failed['message']}"
+        terminated = master_container_state(master_pod)
+        if terminated and terminated.get("exitCode"):
+            message += f"; the master exited with code {terminated['exitCode']}"
+            if terminated.get("reason"):
+                message += f" ({terminated['reason']})"
+        return RunState(
+            "Failed", JOB_FAILED, _clip(message), start_time=start, completion_time=completion
+        )
+    if job_condition(job, "Succeeded"):
+        result, problem = read_result(master_pod)
+        message = f"PyTorchJob {name} succeeded"
+        if result is not None and result.train_loss is not None:
+            message += f" (loss {format_loss(result.train_loss)})"
+        if problem:
+            message += f"; no run result: {problem}"
+        return RunState(
+            "Succeeded",
+            JOB_SUCCEEDED,
+            message,
+            start_time=start,
+            completion_time=completion,
+            result=result,
+            result_problem=problem,
+        )
+    suspended = job_condition(job, "Suspended")
+    if suspended:
+        return RunState(
+            "Suspended", SUSPENDED, f"PyTorchJob {name} is suspended", job_suspended=True, start_time=start
+        )
+    restarting = job_condition(job, "Restarting")
+    if restarting:
+        detail = restarting.get("message") or "a replica is restarting"
+        return RunState(
+            "Running",
+            JOB_RESTARTING,
+            f"PyTorchJob {name} is restarting: {detail}",
+            restarting=True,
+            restart_message=_clip(str(detail)),
+            start_time=start,
+        )
+    if job_condition(job, "Running"):
+        return RunState("Running", JOB_RUNNING, f"PyTorchJob {name} is running", start_time=start)
+    return RunState("Pending", JOB_PENDING, f"PyTorchJob {name} is waiting for its pods", start_time=start)
+
+
+def is_terminal(state: RunState | None) -> bool:
+    return state is not None and state.phase in TERMINAL_PHASES
+
+
+# ----------------------------------------------------------------------------------------------
+# the status document
+
+
+def format_loss(loss: float) -> str:
+    return f"{loss:.4g}"
+
+
+def normalised_mixture(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    mixture = ((spec.get("datasets") or {}).get("mixture")) or []
+    try:
+        shares = normalise([float(d["weight"]) for d in mixture])
+    except (RunSpecError, KeyError, TypeError, ValueError):
+        return []
+    return [{"name": d["name"], "share": s} for d, s in zip(mixture, shares, strict=True)]
+
+
+def result_status(result: RunResult, names: Sequence[str]) -> dict[str, Any]:
+    """status.result: per-dataset lists mapped to the run spec's dataset names."""
+    out: dict[str, Any] = {
+        "steps": result.steps,
+        "consumedSamples": result.consumed_samples,
+        "wallSeconds": result.wall_seconds,
+    }
+    if result.train_loss is not None:
+        out["trainLoss"] = result.train_loss
+    if result.mean_validation_loss is not None:
+        out["meanValidationLoss"] = result.mean_validation_loss
+    if not result.detail_truncated and (result.tokens or result.validation_loss):
+        shares = result.realised_shares
+        datasets: list[dict[str, Any]] = []
+        for i, name in enumerate(names):
+            entry: dict[str, Any] = {"name": name}
+            if i < len(result.validation_loss) and result.validation_loss[i] is not None:
+                entry["validationLoss"] = result.validation_loss[i]
+            if i < len(result.tokens):
+                entry["tokens"] = result.tokens[i]
+                entry["share"] = shares[i]
+            datasets.append(entry)
+        out["datasets"] = datasets
+    return out
+
+
+def run_summary(run: RunInfo, state: RunState | None, *, retired: bool = False) -> dict[str, Any]:
+    """status.run (and an entry of status.previousRuns)."""
+    out: dict[str, Any] = {"id": run.id, "configMap": run.config_map, "job": run.job}
+    if state is None:
+        out.update(phase="Pending", reason=NOT_CREATED)
+        return out
+    out["phase"] = state.phase
+    out["reason"] = SUPERSEDED if retired and state.phase not in TERMINAL_PHASES else state.reason
+    if state.start_time:
+        out["startTime"] = state.start_time
+    if state.completion_time:
+        out["completionTime"] = state.completion_time
+    if state.result is not None:
+        if state.result.train_loss is not None:
+            out["trainLoss"] = state.result.train_loss
+        if state.result.mean_validation_loss is not None:
+            out["meanValidationLoss"] = state.result.mean_validation_loss
+    return out
+
+
+def merge_previous_runs(
+    old: Sequence[Mapping[str, Any]], retired: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Newest first, one entry per run id, at most MAX_PREVIOUS_RUNS."""
+    out = [dict(r) for r in retired]
+    seen = {r.get("id") for r in out}
+    out.extend(dict(r) for r in old if r.get("id") not in seen)
+    return out[:MAX_PREVIOUS_RUNS]
+
+
+def experiment_phase(obs: Observation, suspend: bool) -> tuple[str, str, str]:
+    """(phase, reason, message) of the experiment."""
+    state = obs.state
+    if state is None:
+        if obs.stall:
+            return "Pending", obs.stall.reason, obs.stall.message
+        return "Pending", JOB_PENDING, "Creating the run's PyTorchJob"
+    if state.phase == "Suspended" and not suspend:
+        queue = f" {obs.queue}" if obs.queue else ""
+        return "Pending", JOB_QUEUED, f"Waiting for the job to be admitted (queue{queue})"
+    if suspend and state.phase == "Suspended":
+        return "Suspended", SUSPENDED, "spec.suspend is true: the run's pods were removed"
+    return state.phase, state.reason, state.message
+
+
+def desired_conditions(
+    obs: Observation, phase: str, reason: str, message: str
+) -> dict[str, tuple[str, str, str]]:
+    """type -> (status, reason, message) for every condition type."""
+    state = obs.state
+    summary = _PHASE_SENTENCE[phase]
+    conds: dict[str, tuple[str, str, str]] = {}
+    if state is not None and obs.run is not None:
+        conds["Created"] = ("True", JOB_CREATED, f"Created PyTorchJob {obs.run.job} for run {obs.run.id}")
+    elif obs.stall is not None:
+        conds["Created"] = ("False", obs.stall.reason, obs.stall.message)
+    else:
+        conds["Created"] = ("False", NOT_CREATED, "The run's PyTorchJob does not exist yet")
+    running = phase == "Running" and not (state and state.restarting)
+    conds["Running"] = ("True", reason, message) if running else ("False", reason, summary)
+    if state is not None and state.restarting:
+        conds["Restarting"] = ("True", JOB_RESTARTING, state.restart_message or message)
+    else:
+        conds["Restarting"] = ("False", reason, summary)
+    conds["Succeeded"] = ("True", reason, message) if phase == "Succeeded" else ("False", reason, summary)
+    conds["Failed"] = ("True", reason, message) if phase == "Failed" else ("False", reason, summary)
+    conds["Suspended"] = ("True", reason, message) if phase == "Suspended" else ("False", reason, summary)
+    if obs.stall is not None:
+        conds["Stalled"] = ("True", obs.stall.reason, obs.stall.message)
+    else:
+        conds["Stalled"] = ("False", AS_EXPECTED, "The operator can reconcile the experiment")
+    return conds
+
+
+def merge_conditions(
+    old: Sequence[Mapping[str, Any]],
+    desired: Mapping[str, tuple[str, str, str]],
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """Conditions keyed by type; lastTransitionTime moves only when the status flips."""
+    by_type = {c.get("type"): c for c in old}
+    out: list[dict[str, Any]] = []
+    for ctype in CONDITION_TYPES:
+        status, reason, message = desired[ctype]
+        prev = by_type.get(ctype)
+        if prev is not None and prev.get("status") == status and prev.get("lastTransitionTime"):
+            since = prev["lastTransitionTime"]
+        else:
+            since = now
+        out.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": _clip(message),
+                "lastTransitionTime": since,
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def desired_status(experiment: Mapping[str, Any], obs: Observation, now: str) -> dict[str, Any]:
+    """The whole status document of an experiment for what was observed."""
+    meta = experiment.get("metadata") or {}
+    spec = experiment.get("spec") or {}
+    old = experiment.get("status") or {}
+    generation = int(meta.get("generation") or 0)
+    suspend = bool(spec.get("suspend", False))
+    resources = spec.get("resources") or {}
+    phase, reason, message = experiment_phase(obs, suspend)
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": phase,
+        "shape": f"{resources.get('nodes', 0)}x{resources.get('gpusPerNode', 0)}",
+    }
+    state = obs.state
+    run = obs.run
+    if run is not None and run.spec is not None:
+        status["mixture"] = [{"name": d.name, "share": d.weight} for d in run.spec.datasets]
+    else:
+        mixture = normalised_mixture(spec)
+        if mixture:
+            status["mixture"] = mixture
+    if run is not None:
+        status["run"] = run_summary(run, state)
+    if state is not None and state.start_time:
+        status["startTime"] = state.start_time
+    if state is not None and state.completion_time:
+        status["completionTime"] = state.completion_time
+    target = run.target_samples if run is not None else None
+    if target is not None:
+        progress: dict[str, Any] = {"targetSamples": target}
+        if state is not None and state.result is not None:
+            consumed = state.result.consumed_samples
+            progress["consumedSamples"] = consumed
+            progress["percent"] = min(100, math.floor(100 * consumed / target)) if target else 100
+        status["progress"] = progress
+    if state is not None and state.result is not None:
+        status["result"] = result_status(state.result, run.dataset_names if run else [])
+        if state.result.train_loss is not None:
+            status["loss"] = format_loss(state.result.train_loss)
+    if obs.previous_runs:
+        status["previousRuns"] = [dict(r) for r in obs.previous_runs[:MAX_PREVIOUS_RUNS]]
+    desired = desired_conditions(obs, phase, reason, message)
+    status["conditions"] = merge_conditions(old.get("conditions") or [], desired, generation, now)
+    return status
+
+
+# ----------------------------------------------------------------------------------------------
+# comparing and patching
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality as the API server sees it: 2 == 2.0, dict order irrelevant."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return bool(a == b)
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """An RFC 7386 JSON merge patch turning `old` into `new` (lists are replaced whole)."""
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if key in old and same(before, value):
+            continue
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = merge_patch(before, value)
+        else:
+            patch[key] = value
+    return patch
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An Event to post: something a person would want to see in `kubectl describe`."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+_WARNING_TYPES = frozenset({"Failed", "Stalled", "Restarting"})
+
+
+def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Transition]:
+    """Events for the conditions that became True (or changed reason while True) and for a
+    new run replacing the old one."""
+    out: list[Transition] = []
+    old_run = (old.get("run") or {}).get("id")
+    new_run = (new.get("run") or {}).get("id")
+    if old_run and new_run and old_run != new_run:
+        message = f"Run {new_run} replaces run {old_run}: the run-defining spec changed"
+        out.append(Transition("Normal", "RunStarted", message))
+    before = {c.get("type"): c for c in old.get("conditions") or []}
+    for cond in new.get("conditions") or []:
+        if cond["status"] != "True":
+            if cond["type"] == "Suspended" and (before.get("Suspended") or {}).get("status") == "True":
+                out.append(Transition("Normal", "Resumed", "spec.suspend is false: the run resumes"))
+            continue
+        prev = before.get(cond["type"])
+        if prev and prev.get("status") == "True" and prev.get("reason") == cond["reason"]:
+            continue
+        kind = "Warning" if cond["type"] in _WARNING_TYPES else "Normal"
+        out.append(Transition(kind, cond["reason"], cond["message"]))
+    return out
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
