@@ -127,7 +127,8 @@ def test_every_value_is_documented() -> None:
 @needs_helm
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_helm_lint(name: str, tmp_path: Path) -> None:
-    res = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *values_args(VALUE_SETS[name], tmp_path), check=False)
+    res = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART),
+               *values_args(VALUE_SETS[name], tmp_path), check=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "0 chart(s) failed" in res.stdout
 
