@@ -98,26 +98,37 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
 
 
 def test_every_value_is_documented() -> None:
-    """Each value has a `# --` comment in values.yaml and a row in docs/install.md."""
+    """Each value (or a map above it) has a `# --` comment in values.yaml and a row in docs/install.md."""
     text = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(text)
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
+    commented: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    pending = False
+    for line in text.splitlines():
         stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = True
+            continue
         if not stripped or stripped.startswith("#") or stripped.startswith("-") or ":" not in stripped:
             continue
         indent = len(line) - len(line.lstrip())
-        key, _, rest = stripped.partition(":")
-        if rest.strip() == "" and i + 1 < len(lines) and (len(lines[i + 1]) - len(lines[i + 1].lstrip())) > indent \
-                and not lines[i + 1].strip().startswith("#"):
-            continue  # a section header whose children are documented
-        j = i - 1
-        while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
-            j -= 1
-        assert j >= 0 and lines[j].strip().startswith("# --"), f"values.yaml: {key} has no `# --` comment"
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = stripped.split(":", 1)[0]
+        stack.append((indent, key))
+        if pending:
+            commented.add(".".join(k for _, k in stack))
+            pending = False
+    for path in _leaf_paths(values):
+        parts = path.split(".")
+        documented = any(".".join(parts[:i]) in commented for i in range(len(parts), 0, -1))
+        assert documented, f"values.yaml: {path} has no `# --` comment"
     install = (REPO / "docs" / "install.md").read_text()
     for path in _leaf_paths(values):
-        assert f"`{path}`" in install, f"docs/install.md does not document `{path}`"
+        # A map value (resources, selectors, labels) may be documented as a whole.
+        parts = path.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+        assert any(f"| `{p}` |" in install for p in prefixes), f"docs/install.md does not document `{path}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,11 +188,16 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     assert "--liveness-port=8080" in args and "--metrics-port=8081" in args
     namespaces = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
     assert namespaces == values.get("watchNamespaces", [])
+    assert ("--all-namespaces" in args) == (not namespaces)
+    assert "--log-format=json" in args
     expected_sa = values.get("serviceAccount", {}).get("name") or dep["metadata"]["name"]
     assert pod["serviceAccountName"] == expected_sa
-    env = {e["name"]: e.get("value") for e in container.get("env", [])}
     if "trainerImage" in values:
-        assert env["DATAMIX_TRAINER_IMAGE"] == values["trainerImage"]
+        assert f"--trainer-image={values['trainerImage']}" in args
+    else:
+        assert not [a for a in args if a.startswith("--trainer-image")]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env == {e["name"]: e["value"] for e in values.get("operator", {}).get("env", [])}
     image = values.get("image", {})
     if image.get("digest"):
         assert container["image"].endswith("@" + image["digest"])
