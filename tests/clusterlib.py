@@ -246,7 +246,9 @@ def create_namespace(api: Any, base: str, labels: Mapping[str, str] | None = Non
     return name
 
 
-def delete_namespace(api: Any, name: str, wait: bool = False, timeout: float = 120) -> None:
+def delete_namespace(api: Any, name: str, wait: bool = False, wait_pods: bool = False,
+                     timeout: float = 120) -> None:
+    """Deletes a namespace; `wait`: until it is gone; `wait_pods`: until its pods are gone."""
     from kubernetes.client.exceptions import ApiException
 
     core = _core(api)
@@ -256,6 +258,9 @@ def delete_namespace(api: Any, name: str, wait: bool = False, timeout: float = 1
         if e.status == 404:
             return
         raise
+    if wait_pods:
+        wait_for(lambda: not core.list_namespaced_pod(name).items, timeout,
+                 description=f"pods of namespace {name} deleted")
     if wait:
         def gone() -> bool:
             try:

@@ -5,7 +5,8 @@ Local Kubernetes control plane (tests marked `cluster`):
               one with tools/cluster/cluster.py (building the binaries if needed); stops it at the
               end only if it started it (set DATAMIX_KEEP_CLUSTER=1 to keep it running).
   k8s_client  (session) kubernetes.client.ApiClient for that cluster.
-  namespace   (function) a fresh namespace per test (default ServiceAccount ready), deleted after.
+  namespace   (function) a fresh namespace per test (default ServiceAccount ready); deleted after,
+              waiting until its pods are gone (so the fake GPUs are free for the next test).
 Helpers (wait_for, kubectl, add_fake_nodes, pytorchjob_manifest, ...) are in tests/clusterlib.py.
 """
 
@@ -45,4 +46,4 @@ def k8s_client(cluster: clusterlib.Cluster) -> Iterator[Any]:
 def namespace(request: pytest.FixtureRequest, k8s_client: Any) -> Iterator[str]:
     name = clusterlib.create_namespace(k8s_client, f"t-{request.node.name}")
     yield name
-    clusterlib.delete_namespace(k8s_client, name)
+    clusterlib.delete_namespace(k8s_client, name, wait_pods=True)

@@ -64,6 +64,9 @@ CONTROLLERS = [
     "replicaset-controller",
     "job-controller",
     "ttl-after-finished-controller",
+    "pod-garbage-collector-controller",
+    "clusterrole-aggregation-controller",
+    "service-cidr-controller",
 ]
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -197,26 +200,27 @@ def component_of(pid: int) -> str:
     return Path(args[0]).name if args else "?"
 
 
-def stop_pids(pids: list[int], sdir: Path, timeout: float = 15.0) -> None:
-    """SIGTERM in reverse start order, then SIGKILL whatever is left after `timeout`."""
+def stop_pids(pids: list[int], sdir: Path, timeout: float = 10.0) -> None:
+    """One by one in reverse start order: SIGTERM, wait up to `timeout`, then SIGKILL."""
     order = {name: i for i, name in enumerate(COMPONENTS)}
-    pids = sorted(pids, key=lambda p: -order.get(component_of(p), 0))
-    for pid in pids:
-        if is_ours(pid, sdir):
-            log(f"stopping {component_of(pid)} (pid {pid})")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(proc_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if proc_alive(pid) and proc_cmdline(pid):
-            log(f"killing pid {pid}")
+    named = [(p, component_of(p)) for p in pids]
+    named.sort(key=lambda pn: -order.get(pn[1], len(COMPONENTS)))
+    for pid, name in named:
+        if not is_ours(pid, sdir):
+            continue
+        log(f"stopping {name} (pid {pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc_alive(pid):
+            time.sleep(0.05)
+        if proc_alive(pid):
+            log(f"{name} (pid {pid}) ignored SIGTERM for {timeout:.0f}s: SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(proc_alive(p) for p in pids):
-        time.sleep(0.05)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and proc_alive(pid):
+                time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -450,8 +454,7 @@ def fake_node_manifest(name: str, product: str | None = None, memory_mib: int = 
             "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
         },
         "spec": spec,
-        "status": {"capacity": dict(capacity), "allocatable": dict(capacity),
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"}},
+        "status": {"capacity": dict(capacity), "allocatable": dict(capacity)},
     }
 
 
