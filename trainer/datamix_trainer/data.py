@@ -18,11 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from datamix.runspec import RunSpec
 from datamix_trainer.config import Plan, RunPaths
+from datamix_trainer.megatron_imports import BlendedMegatronDatasetBuilder, GPTDataset, GPTDatasetConfig
 
 
 class IdsTokenizer:

@@ -175,22 +175,24 @@ def default_dir() -> Path:
     return Path(cache) / "datamix" / "demo-data"
 
 
-def _documents(source: Callable[[], Iterator[str]]) -> list[bytes]:
+def _documents(source: Callable[[], Iterator[str]], max_bytes: int) -> list[bytes]:
     docs, total = [], 0
     for text in source():
-        data = text.encode("utf-8")[:MAX_DOC_BYTES]
+        # Long documents are cut so that every domain has enough documents to hold some out.
+        data = text.encode("utf-8")[: min(MAX_DOC_BYTES, max_bytes // 40)]
         if not data.strip():
             continue
         docs.append(data)
         total += len(data)
-        if total >= MAX_DOMAIN_BYTES:
+        if total >= max_bytes:
             break
     return docs
 
 
 def _write(prefix: Path, docs: list[bytes]) -> int:
     import numpy as np
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from datamix_trainer.megatron_imports import IndexedDatasetBuilder
 
     builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
     tokens = 0
@@ -211,8 +213,11 @@ def is_built(directory: Path) -> bool:
         return False
 
 
-def build(directory: Path, log: Callable[[str], None] = print, force: bool = False) -> dict:
-    """Build the demo datasets into `directory` (skipped if already built)."""
+def build(
+    directory: Path, log: Callable[[str], None] = print, force: bool = False, max_domain_bytes: int = MAX_DOMAIN_BYTES
+) -> dict:
+    """Build the demo datasets into `directory` (skipped if already built); tests pass a smaller
+    `max_domain_bytes` to build faster."""
     directory = directory.resolve()
     if is_built(directory) and not force:
         return json.loads((directory / "demo-data.json").read_text())
@@ -223,10 +228,11 @@ def build(directory: Path, log: Callable[[str], None] = print, force: bool = Fal
         "version": VERSION,
         "tokenizer": {"type": "byte", "vocabSize": VOCAB_SIZE, "eodToken": EOD},
         "python": sys.version.split()[0],
+        "max_domain_bytes": max_domain_bytes,
         "domains": {},
     }
     for name, source in DOMAINS.items():
-        docs = _documents(source)
+        docs = _documents(source, max_domain_bytes)
         if len(docs) < 2 * VALIDATION_EVERY:
             raise RuntimeError(f"demo-data: too little text found for domain {name!r} ({len(docs)} documents)")
         train = [d for i, d in enumerate(docs) if i % VALIDATION_EVERY != VALIDATION_EVERY - 1]

@@ -159,7 +159,7 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.module,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,  # the only buffers are rotary tables, identical everywhere
+                forward_sync_buffers=False,  # the only buffers are rotary tables, identical everywhere
             )
         self.optimizer = build_optimizer(self.module, spec)
         self.schedule = SampleSchedule(self.optimizer, spec.training.learning_rate, plan.total_samples)

@@ -1,0 +1,115 @@
+"""Helpers of the trainer tests: run specs from the quickstart, launching and killing runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from datamix.experiment import build_run_spec, load_manifest
+from datamix.runspec import RunSpec
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
+
+
+def quickstart_spec(
+    data_dir: Path,
+    output: Path,
+    nproc: int = 1,
+    training: dict[str, Any] | None = None,
+    **replace: Any,
+) -> RunSpec:
+    """The quickstart manifest as `datamix run` turns it into a run spec, with training overrides."""
+    manifest = load_manifest(QUICKSTART)
+    manifest["spec"]["training"].update(training or {})
+    if "trainSteps" in (training or {}):
+        manifest["spec"]["training"].pop("trainSamples", None)
+    spec = build_run_spec(manifest, base_dir=str(data_dir), output_dir=str(output), procs_per_node=nproc, nodes=1)
+    return dataclasses.replace(spec, **replace) if replace else spec
+
+
+def write_spec(spec: RunSpec, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "runspec.json"
+    path.write_text(spec.to_json())
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            # One thread per process: bitwise comparisons need the same thread count in every run,
+            # and the test machine has two cores for up to two processes.
+            "OMP_NUM_THREADS": "1",
+            "DATAMIX_METRICS_PORT": "none",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start_training(spec_path: Path, nproc: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`datamix train` as a pod runs it: under torchrun for several processes, bare for one."""
+    if nproc == 1:
+        command = [sys.executable, "-m", "datamix_trainer", "train", "--run-spec", str(spec_path)]
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "datamix_trainer", "train", "--run-spec", str(spec_path),
+        ]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "wb")  # noqa: SIM115  (closed by the process's end; the test reads it after)
+    return subprocess.Popen(
+        command, stdout=out, stderr=subprocess.STDOUT, env=trainer_env(**env), start_new_session=True, cwd=REPO
+    )
+
+
+def wait(process: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 0, f"training failed ({process.returncode}):\n{log.read_text()[-4000:]}"
+
+
+def kill_when(process: subprocess.Popen[bytes], condition: Callable[[], bool], timeout: float = 300) -> None:
+    """SIGKILL the whole process group (torchrun and its workers) as soon as `condition()` holds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "timed out waiting to kill the run"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def history(output_dir: Path, kind: str = "train", attempt: int | None = None) -> dict[int, dict[str, Any]]:
+    """Per-step records of `history.jsonl` (of one attempt, if given); a torn last line is skipped."""
+    records: dict[int, dict[str, Any]] = {}
+    path = output_dir / "history.jsonl"
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record["kind"] == kind and (attempt is None or record["attempt"] == attempt):
+            records[record["step"]] = record
+    return records

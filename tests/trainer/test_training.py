@@ -1,0 +1,260 @@
+"""Training end to end: DDP convergence, metrics, results, logs, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import threading
+import time
+import urllib.request
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datamix.runspec import RunResult, RunSpec
+from tests.trainer.runs import free_port, history, kill_when, quickstart_spec, start_training, wait, write_spec
+
+pytestmark = pytest.mark.training
+
+# Short quickstart runs: evaluations and checkpoints every 20 steps.
+DDP_TRAINING = {"trainSteps": 60, "evalInterval": 20, "checkpointInterval": 20, "logInterval": 5}
+SINGLE_TRAINING = {"trainSteps": 36, "evalInterval": 100, "checkpointInterval": 6, "logInterval": 6}
+
+METRICS = [
+    "datamix_train_loss",
+    "datamix_validation_loss",
+    "datamix_learning_rate",
+    "datamix_grad_norm",
+    "datamix_step_duration_seconds",
+    "datamix_tokens_per_second",
+    "datamix_dataset_tokens_total",
+    "datamix_dataset_target_share",
+    "datamix_consumed_samples",
+    "datamix_target_samples",
+    "datamix_model_flops_utilization",
+    "datamix_last_checkpoint_timestamp_seconds",
+]
+CONSTANT = {"datamix_dataset_target_share", "datamix_target_samples"}
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+class Scraper(threading.Thread):
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.snapshots: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.snapshots.append(scrape(self.port))
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two processes under torchrun train a short quickstart while a thread scrapes the metrics."""
+    root = tmp_path_factory.mktemp("ddp")
+    # A configured peak (resources.gpu.peakTFLOPS on a cluster) makes the CPU run export MFU too.
+    spec = quickstart_spec(demo_dir, root / "out", nproc=2, training=DDP_TRAINING, accelerator_peak_flops=1e11)
+    port = free_port()
+    log = root / "torchrun.log"
+    termination = root / "termination-log"
+    process = start_training(
+        write_spec(spec, root), 2, log, DATAMIX_METRICS_PORT=str(port), DATAMIX_TERMINATION_LOG=str(termination)
+    )
+    scraper = Scraper(port)
+    scraper.start()
+    try:
+        wait(process, log)
+    finally:
+        scraper.stop.set()
+        scraper.join()
+    return {"spec": spec, "snapshots": scraper.snapshots, "log": log, "termination": termination}
+
+
+def test_two_processes_with_ddp_learn_the_quickstart(ddp_run: dict[str, Any]) -> None:
+    spec: RunSpec = ddp_run["spec"]
+    evals = history(Path(spec.output_dir), "eval")
+    assert sorted(evals) == [20, 40, 60]
+
+    def mean(step: int) -> float:
+        losses = [v for v in evals[step]["validation_loss"].values() if v is not None]
+        assert len(losses) == len(spec.datasets)  # every dataset has a validation set
+        return sum(losses) / len(losses)
+
+    assert mean(60) <= 0.9 * mean(20), f"mean validation loss {mean(20):.3f} -> {mean(60):.3f}"
+    result = json.loads((Path(spec.output_dir) / "results.json").read_text())
+    assert result["validation_loss"] == list(evals[60]["validation_loss"].values())
+
+
+def test_metrics_endpoint_serves_every_metric_and_they_change(ddp_run: dict[str, Any]) -> None:
+    spec: RunSpec = ddp_run["spec"]
+    snapshots = [s for s in ddp_run["snapshots"] if s.get("datamix_consumed_samples")]
+    assert len(snapshots) >= 5, "too few scrapes during the run"
+    names = [d.name for d in spec.datasets]
+    last = snapshots[-1]
+    for metric in METRICS:
+        # Histograms expose _bucket/_sum/_count, counters _total (+ _created).
+        assert any(n == metric or n.startswith(metric + "_") for n in last), f"{metric} missing"
+    for series in (s for name, values in last.items() if name.startswith("datamix_") for s in values):
+        assert {k for k, _ in series} <= {"experiment", "run", "dataset", "le"}, series
+    for metric in ("datamix_validation_loss", "datamix_dataset_tokens_total", "datamix_dataset_target_share"):
+        datasets = {dict(labels)["dataset"] for labels in last[metric]}
+        assert datasets == set(names), metric
+
+    def series(metric: str) -> list[tuple]:
+        return [tuple(sorted(s.get(metric, {}).items())) for s in snapshots]
+
+    for metric in METRICS:
+        name = metric + "_count" if metric == "datamix_step_duration_seconds" else metric
+        values = series(name)
+        if metric in CONSTANT:
+            assert len(set(values)) == 1, f"{metric} should not change"
+        else:
+            assert len(set(values)) > 1, f"{metric} never changed over {len(values)} scrapes"
+
+    shares = {dict(k)["dataset"]: v for k, v in last["datamix_dataset_target_share"].items()}
+    assert shares == pytest.approx({d.name: d.weight for d in spec.datasets})
+    assert list(last["datamix_target_samples"].values()) == [60 * spec.training.global_batch_size]
+    mfu = list(last["datamix_model_flops_utilization"].values())[0]
+    assert 0 < mfu < 1
+    tokens = {dict(k)["dataset"]: v for k, v in last["datamix_dataset_tokens_total"].items()}
+    consumed = list(last["datamix_consumed_samples"].values())[0]
+    assert sum(tokens.values()) == consumed * spec.training.seq_length
+
+
+def test_results_json_and_termination_message_match_the_run_result_schema(ddp_run: dict[str, Any]) -> None:
+    spec: RunSpec = ddp_run["spec"]
+    doc = json.loads((Path(spec.output_dir) / "results.json").read_text())
+    assert set(doc) == {f.name for f in fields(RunResult)}
+    result = RunResult(**{**doc, "validation_loss": tuple(doc["validation_loss"]), "tokens": tuple(doc["tokens"])})
+    n = len(spec.datasets)
+    assert result.run == spec.run and result.steps == 60 and not result.detail_truncated
+    assert result.consumed_samples == 60 * spec.training.global_batch_size
+    assert len(result.validation_loss) == n and all(isinstance(v, float) for v in result.validation_loss)
+    assert len(result.tokens) == n and sum(result.tokens) == result.consumed_samples * spec.training.seq_length
+    assert result.train_loss is not None and math.isfinite(result.train_loss) and result.wall_seconds > 0
+    for realised, d in zip(result.realised_shares, spec.datasets, strict=True):
+        assert abs(realised - d.weight) < 0.01
+    # The termination message is the compact encoding of the same result.
+    decoded = RunResult.decode(ddp_run["termination"].read_text())
+    assert decoded.run == result.run and decoded.tokens == result.tokens and decoded.steps == result.steps
+    assert decoded.validation_loss == pytest.approx(result.validation_loss, rel=1e-4)
+
+
+def test_logs_follow_the_per_process_layout(ddp_run: dict[str, Any]) -> None:
+    spec: RunSpec = ddp_run["spec"]
+    details = Path(spec.output_dir) / "logs" / "details"
+    files = sorted(p.relative_to(details).as_posix() for p in details.rglob("*.log"))
+    pattern = re.compile(r"host_0_[^/]+/\d{8}_\d{6}\.\d{6}/attempt_0/[01]/(stdout|stderr)\.log")
+    assert len(files) == 4 and all(pattern.fullmatch(f) for f in files), files
+    for rank in "01":
+        out = next(details.rglob(f"attempt_0/{rank}/stdout.log")).read_text()
+        lines = [line for line in out.splitlines() if " iteration " in line]
+        assert len(lines) == 60 // DDP_TRAINING["logInterval"]
+        for key in ("consumed samples:", "lm loss:", "learning rate:", "grad norm:", "tokens per second:",
+                    "elapsed time per iteration (ms):"):
+            assert key in lines[-1]
+
+
+def run_killed_and_resumed(spec: RunSpec, root: Path, nproc: int, kill_after_step: int, truncate: bool) -> Path:
+    """Start a run, SIGKILL it once checkpoint `kill_after_step` is complete, optionally truncate
+    its newest checkpoint, and run it again to the end. Returns the run's output directory."""
+    out = Path(spec.output_dir)
+    spec_path = write_spec(spec, root)
+    marker = out / "checkpoints" / f"step_{kill_after_step:08d}" / "COMPLETE"
+    process = start_training(spec_path, nproc, root / "first.log")
+    kill_when(process, marker.exists)
+    assert not (out / "results.json").exists(), "the first attempt was meant to die before the end"
+    if truncate:
+        newest = max((out / "checkpoints").glob("step_*"))
+        state = newest / "state.pt"
+        with open(state, "r+b") as f:
+            f.truncate(state.stat().st_size // 2)
+    process = start_training(spec_path, nproc, root / "second.log")
+    wait(process, root / "second.log")
+    return out
+
+
+def resumed_step(out: Path) -> int:
+    log = next((out / "logs" / "details").rglob("attempt_1/0/stdout.log")).read_text()
+    match = re.search(r"resumed from step_\d+: step (\d+)", log)
+    assert match, log[-2000:]
+    return int(match.group(1))
+
+
+def test_kill_and_resume_one_process_is_bitwise_and_skips_a_truncated_checkpoint(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    reference = quickstart_spec(demo_dir, tmp_path / "ref" / "out", training=SINGLE_TRAINING)
+    process = start_training(write_spec(reference, tmp_path / "ref"), 1, tmp_path / "ref.log")
+    wait(process, tmp_path / "ref.log")
+    expected = history(Path(reference.output_dir))
+
+    spec = quickstart_spec(demo_dir, tmp_path / "killed" / "out", training=SINGLE_TRAINING)
+    out = run_killed_and_resumed(spec, tmp_path / "killed", 1, kill_after_step=12, truncate=True)
+    log = next((out / "logs" / "details").rglob("attempt_1/0/stdout.log")).read_text()
+    skipped = re.findall(r"checkpoint .*(step_\d+) skipped: state.pt has \d+ bytes", log)
+    assert skipped, "the truncated checkpoint was not reported as skipped"
+    start = resumed_step(out)
+    assert start == int(skipped[0][len("step_"):]) - SINGLE_TRAINING["checkpointInterval"]
+
+    resumed = history(out, attempt=1)
+    steps = list(range(start + 1, SINGLE_TRAINING["trainSteps"] + 1))
+    assert sorted(resumed) == steps
+    for step in steps:
+        assert resumed[step]["loss"] == expected[step]["loss"], f"step {step} differs"  # bitwise
+        assert resumed[step]["grad_norm"] == expected[step]["grad_norm"]
+    final = json.loads((out / "results.json").read_text())
+    ref_final = json.loads((Path(reference.output_dir) / "results.json").read_text())
+    assert final["validation_loss"] == ref_final["validation_loss"]
+    assert final["tokens"] == ref_final["tokens"]  # per-dataset counts survive the restart
+
+
+def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
+    ddp_run: dict[str, Any], demo_dir: Path, tmp_path: Path
+) -> None:
+    expected = history(Path(ddp_run["spec"].output_dir))
+    spec = quickstart_spec(demo_dir, tmp_path / "out", nproc=2, training=DDP_TRAINING)
+    out = run_killed_and_resumed(spec, tmp_path, 2, kill_after_step=20, truncate=False)
+    start = resumed_step(out)
+    assert start >= 20
+    resumed = history(out, attempt=1)
+    steps = list(range(start + 1, DDP_TRAINING["trainSteps"] + 1))
+    assert sorted(resumed) == steps
+    for step in steps:
+        assert abs(resumed[step]["loss"] - expected[step]["loss"]) <= 1e-6, f"step {step}"
+    assert len(list((out / "logs" / "details").rglob("attempt_1/*/stdout.log"))) == 2
+
+
+def test_a_finished_run_started_again_trains_nothing_and_reports_the_same(demo_dir: Path, tmp_path: Path) -> None:
+    spec = quickstart_spec(demo_dir, tmp_path / "out", training={"trainSteps": 4, "evalInterval": 2})
+    spec_path = write_spec(spec, tmp_path)
+    for attempt in range(2):
+        process = start_training(spec_path, 1, tmp_path / f"{attempt}.log")
+        wait(process, tmp_path / f"{attempt}.log")
+    out = Path(spec.output_dir)
+    assert sorted(history(out, attempt=0)) == [1, 2, 3, 4] and history(out, attempt=1) == {}
+    result = json.loads((out / "results.json").read_text())
+    assert result["steps"] == 4 and result["validation_loss"] == list(history(out, "eval")[4]["validation_loss"].values())
+    shutil.rmtree(out)
+
