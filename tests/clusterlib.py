@@ -8,6 +8,8 @@ tests/conftest.py (`cluster`, `k8s_client`, `namespace`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
 import re
@@ -17,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_PY = REPO / "tools" / "cluster" / "cluster.py"
@@ -124,6 +126,29 @@ def ensure_cluster() -> Cluster:
 
 def stop_cluster() -> None:
     subprocess.run(["python3", str(CLUSTER_PY), "down"], check=True)
+
+
+@contextlib.contextmanager
+def cluster_session(keep: bool = False) -> Iterator[Cluster]:
+    """ensure_cluster() for the length of a test session; stops the cluster at the end only if
+    this session started it, `keep` is false and no other session is using it (each session
+    holds a shared flock on <state dir>/../.<name>.users while it runs)."""
+    mod = cluster_module()
+    sdir = mod.state_dir()
+    sdir.parent.mkdir(parents=True, exist_ok=True)
+    with open(sdir.parent / f".{sdir.name}.users", "a+") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        c = ensure_cluster()
+        try:
+            yield c
+        finally:
+            if c.started_here and not keep:
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print(f"[clusterlib] another session uses the cluster in {sdir}; leaving it running")
+                else:
+                    stop_cluster()
 
 
 # ----------------------------------------------------------------------------------------------

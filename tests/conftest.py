@@ -1,9 +1,11 @@
 """Shared pytest fixtures.
 
 Local Kubernetes control plane (tests marked `cluster`):
-  cluster     (session) clusterlib.Cluster: reuses the healthy cluster of our state dir or starts
-              one with tools/cluster/cluster.py (building the binaries if needed); stops it at the
-              end only if it started it (set DATAMIX_KEEP_CLUSTER=1 to keep it running).
+  cluster     (session) clusterlib.Cluster: reuses the healthy cluster of our state dir
+              ($DATAMIX_CLUSTER_DIR or ~/.cache/datamix/cluster) or starts one with
+              tools/cluster/cluster.py (building the binaries if needed); stops it at the end only
+              if it started it and no other pytest session is using it (DATAMIX_KEEP_CLUSTER=1
+              keeps it running).
   k8s_client  (session) kubernetes.client.ApiClient for that cluster.
   namespace   (function) a fresh namespace per test (default ServiceAccount ready); deleted after,
               waiting until its pods are gone (so the fake GPUs are free for the next test).
@@ -29,10 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[clusterlib.Cluster]:
-    c = clusterlib.ensure_cluster()
-    yield c
-    if c.started_here and not os.environ.get("DATAMIX_KEEP_CLUSTER"):
-        clusterlib.stop_cluster()
+    with clusterlib.cluster_session(keep=bool(os.environ.get("DATAMIX_KEEP_CLUSTER"))) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,29 @@ def _listening_ports() -> set[int]:
     return ports
 
 
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def _listen_addresses(pid: int) -> set[tuple[str, int]]:
+    """(hex address, port) of every listening TCP socket of a process."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                addr, port = fields[1].rsplit(":", 1)
+                found.add((addr, int(port, 16)))
+    return found
+
+
 def _alive(pid: int) -> bool:
     return cluster_module().proc_alive(pid)
 
@@ -78,6 +101,10 @@ def test_up_reuse_down_leaves_nothing_behind(lifecycle: Lifecycle) -> None:
     assert {ports["etcd_client"], ports["apiserver"], ports["scheduler"], ports["kwok"],
             ports["operator_probe"]} <= listening
     assert lifecycle.status()["healthy"]
+    for name, pid in pids.items():  # 127.0.0.1 only
+        addrs = _listen_addresses(pid)
+        assert addrs, name
+        assert {a for a, _ in addrs} <= LOOPBACK, (name, addrs)
 
     t0 = time.monotonic()
     lifecycle.up()  # healthy: reused, not restarted

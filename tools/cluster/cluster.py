@@ -632,7 +632,9 @@ def _start_all(st: Starter, sdir: Path, bin_dir: Path) -> None:
         f"--kubeconfig={kubeconfig}", "--enable-scheme=pytorchjob", "--leader-elect=false",
         "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{ports['operator_probe']}",
         f"--webhook-server-port={ports['operator_webhook']}",
-    ], env={"KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": "kubeflow"})
+    ], env={"KUBECONFIG": str(kubeconfig), "MY_POD_NAMESPACE": "kubeflow",
+            # read by the one-line patch of upstream's main.go (tools/k8s/build.sh)
+            "TRAINING_OPERATOR_WEBHOOK_HOST": "127.0.0.1"})
     st.wait_healthy("training-operator")
     oplog = st.logs / "training-operator.log"
     wait_until("training-operator PyTorchJob controller workers",

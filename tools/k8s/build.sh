@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the local Kubernetes control plane from pinned Go modules (pins: tools/k8s/pins.env).
 #
-#   tools/k8s/build.sh              build if not cached; last line of stdout = the bin dir
-#   tools/k8s/build.sh --print-bin-dir   print the bin dir (exit 1 when not built yet)
-#   tools/k8s/build.sh --force      rebuild even if cached
+#   tools/k8s/build.sh                  build unless cached; the last line of stdout is the bin dir
+#   tools/k8s/build.sh --print-bin-dir  print the bin dir (exit 1 when it is not built yet)
+#   tools/k8s/build.sh --force          rebuild even if cached
+#   tools/k8s/build.sh --sync           after editing pins.env: update the wrapper modules'
+#                                       go.mod/go.sum to the pins (needs the Go module proxy)
 #
-# Binaries are cached outside the checkout, keyed by a hash of pins.env and the wrapper
-# modules' go.mod/go.sum: ${DATAMIX_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/datamix}/k8s-<hash>/bin
-# A cached, complete bin dir makes this script return in well under a second.
+# Binaries are cached outside the checkout, keyed by a hash of pins.env and the wrapper modules'
+# go.mod/go.sum: ${DATAMIX_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/datamix}/k8s-<hash>/bin.
+# With a complete cache this script returns in milliseconds.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,14 +20,47 @@ MODE=build
 case "${1:-}" in
   --print-bin-dir) MODE=print ;;
   --force) MODE=force ;;
+  --sync) MODE=sync ;;
   "") ;;
-  *) echo "usage: $0 [--print-bin-dir|--force]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--print-bin-dir|--force|--sync]" >&2; exit 2 ;;
 esac
 
-KEY_FILES=("$HERE/pins.env" "$HERE/go.mod" "$HERE/go.sum")
-for f in "$HERE/training-operator/go.mod" "$HERE/training-operator/go.sum"; do
-  [[ -f "$f" ]] && KEY_FILES+=("$f")
-done
+STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+  cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+  cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt
+  kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+  mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller streaming)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+if [[ $MODE == sync ]]; then
+  export GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+  cd "$HERE"
+  for m in "${STAGING[@]}"; do go mod edit -replace "k8s.io/$m=k8s.io/$m@$KUBERNETES_STAGING_VERSION"; done
+  tools=()
+  for c in "${K8S_CMDS[@]}"; do tools+=("k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"); done
+  go get -tool "${tools[@]}" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go mod tidy
+  cd "$HERE/training-operator"
+  go get -tool "github.com/kubeflow/training-operator/cmd/training-operator.v1@$TRAINING_OPERATOR_VERSION"
+  go mod tidy
+  echo "synced go.mod/go.sum to pins.env; review and commit them" >&2
+  exit 0
+fi
+
+# The wrapper modules must agree with pins.env (they are what is actually built).
+check_pin() {  # file module version
+  grep -qE "^[[:space:]]*(require[[:space:]]+)?$2 $3( |$)" "$1" || {
+    echo "$1 does not pin $2 $3 (pins.env); run tools/k8s/build.sh --sync" >&2; exit 1; }
+}
+check_pin "$HERE/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
+check_pin "$HERE/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+grep -q "k8s.io/client-go => k8s.io/client-go $KUBERNETES_STAGING_VERSION" "$HERE/go.mod" || {
+  echo "$HERE/go.mod: staging replace block is not at $KUBERNETES_STAGING_VERSION; run --sync" >&2; exit 1; }
+check_pin "$HERE/training-operator/go.mod" github.com/kubeflow/training-operator "$TRAINING_OPERATOR_VERSION"
+check_pin "$HERE/training-operator/go.mod" sigs.k8s.io/scheduler-plugins "$SCHEDULER_PLUGINS_VERSION"
+
+KEY_FILES=("$HERE/pins.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/training-operator/go.mod"
+  "$HERE/training-operator/go.sum")
 KEY="$(cat "${KEY_FILES[@]}" | sha256sum | cut -c1-16)"
 CACHE_ROOT="${DATAMIX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/datamix}"
 OUT="$CACHE_ROOT/k8s-$KEY"
@@ -70,9 +105,9 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   KLD+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 log "building kube-apiserver kube-controller-manager kube-scheduler kubectl $KUBERNETES_VERSION"
-(cd "$HERE" && "${NICE[@]}" go build -ldflags "$KLD" -o "$TMP/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+pkgs=()
+for c in "${K8S_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+(cd "$HERE" && "${NICE[@]}" go build -ldflags "$KLD" -o "$TMP/" "${pkgs[@]}")
 log "building etcd $ETCD_VERSION"
 (cd "$HERE" && "${NICE[@]}" go build -ldflags "-s -w" -o "$TMP/etcd" go.etcd.io/etcd/server/v3)
 
@@ -88,16 +123,23 @@ log "building helm $HELM_VERSION"
 ginstall -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
   "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
-# --- training-operator: plain go install if the proxy serves scheduler-plugins, else the
-# wrapper module tools/k8s/training-operator (replace of scheduler-plugins by a local stub).
+# --- training-operator: wrapper module tools/k8s/training-operator (go.mod pins v1.9.4 and, through
+# it, exactly the dependency versions of upstream's go.mod). Upstream's main.go is taken from the
+# module cache with one line added (webhook server Host from $TRAINING_OPERATOR_WEBHOOK_HOST, so it
+# can bind 127.0.0.1; upstream has no flag for it) and supplied with `go build -overlay`.
 log "building training-operator $TRAINING_OPERATOR_VERSION"
-if [[ -f "$HERE/training-operator/go.mod" ]]; then
-  (cd "$HERE/training-operator" && "${NICE[@]}" go build -ldflags "-s -w" -o "$TMP/training-operator" \
-    github.com/kubeflow/training-operator/cmd/training-operator.v1)
-else
-  ginstall -ldflags "-s -w" "github.com/kubeflow/training-operator/cmd/training-operator.v1@$TRAINING_OPERATOR_VERSION"
-  mv "$TMP/training-operator.v1" "$TMP/training-operator"
-fi
+TO_DIR="$HERE/training-operator"
+(cd "$TO_DIR" && go mod download github.com/kubeflow/training-operator)
+TO_SRC="$(cd "$TO_DIR" && go list -m -f '{{.Dir}}' github.com/kubeflow/training-operator)/cmd/training-operator.v1/main.go"
+mkdir -p "$TMP/overlay"
+sed 's|^\t\t\tPort: webhookServerPort,$|\t\t\tHost: os.Getenv("TRAINING_OPERATOR_WEBHOOK_HOST"),\n\t\t\tPort: webhookServerPort,|' \
+  "$TO_SRC" > "$TMP/overlay/main.go"
+[[ "$(grep -c 'TRAINING_OPERATOR_WEBHOOK_HOST' "$TMP/overlay/main.go")" == 1 ]] || {
+  echo "could not patch $TO_SRC (webhook host line)" >&2; exit 1; }
+printf '{"Replace":{"%s":"%s"}}\n' "$TO_DIR/main.go" "$TMP/overlay/main.go" > "$TMP/overlay/overlay.json"
+(cd "$TO_DIR" && "${NICE[@]}" go build -overlay "$TMP/overlay/overlay.json" -ldflags "-s -w" \
+  -o "$TMP/training-operator" .)
+rm -rf "$TMP/overlay"
 
 for b in "${BINARIES[@]}"; do [[ -x "$TMP/$b" ]] || { echo "missing $b after build" >&2; exit 1; }; done
 rm -rf "$BIN"
