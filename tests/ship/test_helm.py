@@ -196,8 +196,8 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
         assert f"--trainer-image={values['trainerImage']}" in args
     else:
         assert not [a for a in args if a.startswith("--trainer-image")]
-    env = {e["name"]: e.get("value") for e in container.get("env", [])}
-    assert env == {e["name"]: e["value"] for e in values.get("operator", {}).get("env", [])}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env == {"POD_NAME": None, **{e["name"]: e["value"] for e in values.get("operator", {}).get("env", [])}}
     image = values.get("image", {})
     if image.get("digest"):
         assert container["image"].endswith("@" + image["digest"])
