@@ -191,3 +191,25 @@ def test_deleting_owner_garbage_collects_job_and_pods(k8s_client: Any, namespace
 
     wait_for(job_gone, 60, description="PyTorchJob garbage-collected")
     wait_for(lambda: not job_pods(k8s_client, namespace, "owned"), 60, description="job pods garbage-collected")
+
+
+def test_add_fake_nodes_extends_the_pool(k8s_client: Any, namespace: str) -> None:
+    from clusterlib import add_fake_nodes, delete_fake_nodes, unique_name
+
+    core = client.CoreV1Api(k8s_client)
+    product = "NVIDIA-B200"
+    names = add_fake_nodes(k8s_client, 1, product, 183359, 8, unique_name("b200"))
+    try:
+        node = core.read_node(names[0])
+        assert node.metadata.labels["nvidia.com/gpu.product"] == product
+        assert node.status.allocatable["nvidia.com/gpu"] == "8"
+        create_pytorchjob(k8s_client, namespace,
+                          pytorchjob_manifest("on-b200", gpus=4, product=product, duration="600s"))
+        pods = wait_for(lambda: _scheduled_pods(core, namespace, "on-b200", 2), 60,
+                        description="pods scheduled on the added node")
+        assert {p.spec.node_name for p in pods} == {names[0]}  # 4 + 4 GPUs fit one 8-GPU node
+        client.CustomObjectsApi(k8s_client).delete_namespaced_custom_object(
+            "kubeflow.org", "v1", namespace, "pytorchjobs", "on-b200")
+        wait_for(lambda: not job_pods(k8s_client, namespace, "on-b200"), 60, description="pods deleted")
+    finally:
+        delete_fake_nodes(k8s_client, names)

@@ -675,8 +675,9 @@ def cluster_down() -> int:
 
 
 def export_lines(h: dict[str, Any]) -> str:
-    return (f"# DataMix local cluster: {h['server']} (state {h['state_dir']}); binaries in {h['bin_dir']}\n"
-            f"export KUBECONFIG={h['kubeconfig']}\n")
+    return (f"# DataMix local cluster: {h['server']} (state {h['state_dir']})\n"
+            f"export KUBECONFIG={h['kubeconfig']}\n"
+            f"export PATH={h['bin_dir']}:$PATH  # kubectl, helm, ... of the pinned build\n")
 
 
 def main(argv: list[str] | None = None) -> int:
