@@ -16,10 +16,11 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_PY = REPO / "tools" / "cluster" / "cluster.py"
@@ -170,7 +171,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, interval: float 
             last_exc = None
             if last:
                 return last
-        except Exception as e:  # noqa: BLE001 - reported on timeout
+        except Exception as e:
             last_exc = e
         if time.monotonic() >= deadline:
             detail = f"last error: {last_exc!r}" if last_exc else f"last value: {last!r}"

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import clusterlib  # noqa: E402
+import clusterlib
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from clusterlib import CLUSTER_PY, cluster_module, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -8,9 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from clusterlib import (
     A100,
     H100,
@@ -21,6 +18,8 @@ from clusterlib import (
     pytorchjob_manifest,
     wait_for,
 )
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
 
@@ -103,7 +102,6 @@ def test_pytorchjob_scheduled_on_h100_runs_and_succeeds(k8s_client: Any, namespa
 
 
 def test_too_many_gpus_stays_pending_insufficient(k8s_client: Any, namespace: str) -> None:
-    core = client.CoreV1Api(k8s_client)
     create_pytorchjob(k8s_client, namespace, pytorchjob_manifest("greedy", gpus=16, product=H100))
 
     def unschedulable() -> list[Any] | None:

@@ -34,8 +34,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "tools" / "k8s" / "build.sh"
@@ -525,6 +526,9 @@ def cluster_up(quiet: bool = False) -> dict[str, Any]:
         h = health(sdir)
         if h["healthy"]:
             log(f"reusing the healthy cluster in {sdir}")
+            if Path(h["bin_dir"]) != bin_dir:
+                log(f"warning: it runs binaries from {h['bin_dir']}, the current pins build {bin_dir}; "
+                    "`cluster.py down` then `up` to switch")
             return h
         leftovers = leftover_pids(sdir)
         if leftovers or sdir.exists():
