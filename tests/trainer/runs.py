@@ -71,8 +71,16 @@ def start_training(spec_path: Path, nproc: int, log: Path, **env: str) -> subpro
         command = [sys.executable, "-m", "datamix_trainer", "train", "--run-spec", str(spec_path)]
     else:
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "datamix_trainer", "train", "--run-spec", str(spec_path),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "datamix_trainer",
+            "train",
+            "--run-spec",
+            str(spec_path),
         ]
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")  # noqa: SIM115  (closed by the process's end; the test reads it after)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datamix_trainer.indexed import check_indexed, check_run_data
 
 from datamix.errors import UserError
-from datamix_trainer.indexed import check_indexed, check_run_data
 from tests.trainer.runs import REPO, quickstart_spec, trainer_env, write_spec
 
 

@@ -64,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("manifest", nargs="?", help="DataMixtureExperiment YAML (default: examples/quickstart.yaml)")
     p.add_argument("--data-dir", help="local directory standing in for spec.datasets.baseDir")
-    p.add_argument("--output-dir", default="./out", help="local directory standing in for spec.output.path (default ./out)")
+    p.add_argument(
+        "--output-dir", default="./out", help="local directory standing in for spec.output.path (default ./out)"
+    )
     p.add_argument("--nproc", type=int, help="processes (data-parallel ranks); default: local GPUs, else 1")
     p.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus endpoint port (default 0: a free port, printed)"

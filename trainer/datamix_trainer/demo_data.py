@@ -109,14 +109,19 @@ def python_reference() -> Iterator[str]:
         yield topics[name]
 
 
+# fmt: off
 HTML_MODULES = (
-    "abc argparse ast base64 bisect calendar cmath codecs collections colorsys configparser contextlib copy csv "
-    "dataclasses datetime decimal difflib dis enum filecmp fnmatch fractions functools getopt gettext glob graphlib "
-    "gzip hashlib heapq hmac html html.parser http.client inspect io ipaddress itertools json keyword locale logging "
-    "math mimetypes numbers operator os pathlib pickle pprint queue random re sched secrets shlex shutil statistics "
-    "string struct tarfile tempfile textwrap threading timeit tokenize traceback types typing unittest urllib.parse "
-    "uuid warnings weakref zipfile zlib"
-).split()
+    "abc", "argparse", "ast", "base64", "bisect", "calendar", "cmath", "codecs", "collections", "colorsys",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis",
+    "enum", "filecmp", "fnmatch", "fractions", "functools", "getopt", "gettext", "glob", "graphlib", "gzip",
+    "hashlib", "heapq", "hmac", "html", "html.parser", "http.client", "inspect", "io", "ipaddress",
+    "itertools", "json", "keyword", "locale", "logging", "math", "mimetypes", "numbers", "operator", "os",
+    "pathlib", "pickle", "pprint", "queue", "random", "re", "sched", "secrets", "shlex", "shutil",
+    "statistics", "string", "struct", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize",
+    "traceback", "types", "typing", "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile",
+    "zlib",
+)
+# fmt: on
 
 
 def html_docs() -> Iterator[str]:

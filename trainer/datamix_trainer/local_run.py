@@ -9,6 +9,7 @@ report and writes the loss curve.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -157,8 +158,16 @@ def run_local(
     # other cost far more than they bring to a model this small.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "datamix_trainer", "train", "--run-spec", str(paths.run_spec),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "datamix_trainer",
+        "train",
+        "--run-spec",
+        str(paths.run_spec),
     ]
     launcher_log = paths.logs / "launcher.log"
     launcher_log.parent.mkdir(parents=True, exist_ok=True)
@@ -173,10 +182,8 @@ def run_local(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             while process.poll() is None:
-                try:
+                with contextlib.suppress(OSError):  # not up yet (or already gone)
                     progress.show(scrape(port))
-                except OSError:
-                    pass  # not up yet (or already gone)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             os.killpg(process.pid, signal.SIGTERM)

@@ -83,7 +83,10 @@ def process_logs(directory: Path, echo_stdout: bool):
     """Redirect sys.stdout/sys.stderr into `directory`/{stdout,stderr}.log for the block."""
     directory.mkdir(parents=True, exist_ok=True)
     old_out, old_err = sys.stdout, sys.stderr
-    with open(directory / "stdout.log", "a", buffering=1) as out, open(directory / "stderr.log", "a", buffering=1) as err:
+    with (
+        open(directory / "stdout.log", "a", buffering=1) as out,
+        open(directory / "stderr.log", "a", buffering=1) as err,
+    ):
         sys.stdout = Tee(out, old_out if echo_stdout else None)  # type: ignore[assignment]
         sys.stderr = Tee(err, old_err)  # type: ignore[assignment]
         try:

@@ -166,7 +166,9 @@ class Trainer:
         clip = float(spec.model.settings.get("clipGrad", 1.0))
         self.clip = clip if clip > 0 else math.inf
 
-        self.checkpointer = Checkpointer(paths.checkpoints, env.rank, env.world_size, dist.barrier, settings.keep_checkpoints)
+        self.checkpointer = Checkpointer(
+            paths.checkpoints, env.rank, env.world_size, dist.barrier, settings.keep_checkpoints
+        )
         self.checkpointer.remove_partial()
         self.resume()
 
@@ -292,7 +294,9 @@ class Trainer:
         dist.all_reduce_sum(sums)
         self.module.train()
         return [
-            float(sums[2 * i] / sums[2 * i + 1]) if self.data.validation[i] is not None and sums[2 * i + 1] > 0 else None
+            float(sums[2 * i] / sums[2 * i + 1])
+            if self.data.validation[i] is not None and sums[2 * i + 1] > 0
+            else None
             for i in range(n)
         ]
 
@@ -302,7 +306,9 @@ class Trainer:
         self.state.validation = losses
         self.metrics.evaluation(losses)
         self.log(validation_line(self.state.step, self.names, losses) + f" ({time.perf_counter() - t0:.1f}s)")
-        self.history({"kind": "eval", "step": self.state.step, "validation_loss": dict(zip(self.names, losses, strict=True))})
+        self.history(
+            {"kind": "eval", "step": self.state.step, "validation_loss": dict(zip(self.names, losses, strict=True))}
+        )
 
     def run(self) -> RunResult:
         spec, plan, state = self.spec, self.plan, self.state
@@ -327,15 +333,36 @@ class Trainer:
             state.tokens = [a + b for a, b in zip(state.tokens, dataset_tokens, strict=True)]
             state.recent_losses = ([*state.recent_losses, loss])[-t.log_interval :]
             self.metrics.step(
-                loss, lr, grad_norm, seconds, plan.tokens_per_step, state.consumed_samples,
-                dataset_tokens, self.built.flops_per_token, self.env.world_size,
+                loss,
+                lr,
+                grad_norm,
+                seconds,
+                plan.tokens_per_step,
+                state.consumed_samples,
+                dataset_tokens,
+                self.built.flops_per_token,
+                self.env.world_size,
             )
             self.history(
-                {"kind": "train", "step": state.step, "consumed_samples": state.consumed_samples, "loss": loss,
-                 "learning_rate": lr, "grad_norm": grad_norm, "seconds": seconds}
+                {
+                    "kind": "train",
+                    "step": state.step,
+                    "consumed_samples": state.consumed_samples,
+                    "loss": loss,
+                    "learning_rate": lr,
+                    "grad_norm": grad_norm,
+                    "seconds": seconds,
+                }
             )
-            record = StepRecord(state.step, state.consumed_samples, loss, lr, grad_norm, seconds,
-                                [mb["dataset_id"] for mb in micro_batches])
+            record = StepRecord(
+                state.step,
+                state.consumed_samples,
+                loss,
+                lr,
+                grad_norm,
+                seconds,
+                [mb["dataset_id"] for mb in micro_batches],
+            )
             for hook in self.hooks:
                 hook(record)
 
@@ -346,9 +373,15 @@ class Trainer:
                 elapsed = time.perf_counter() - interval_start
                 self.log(
                     iteration_line(
-                        state.step, plan.train_steps, state.consumed_samples, 1000 * elapsed / interval_steps,
-                        plan.tokens_per_step * interval_steps / max(interval_compute, 1e-9), lr,
-                        plan.global_batch_size, sum(state.recent_losses) / len(state.recent_losses), grad_norm,
+                        state.step,
+                        plan.train_steps,
+                        state.consumed_samples,
+                        1000 * elapsed / interval_steps,
+                        plan.tokens_per_step * interval_steps / max(interval_compute, 1e-9),
+                        lr,
+                        plan.global_batch_size,
+                        sum(state.recent_losses) / len(state.recent_losses),
+                        grad_norm,
                     )
                 )
             if state.step % t.eval_interval == 0 or done:
@@ -377,7 +410,8 @@ class Trainer:
         if self.env.is_main:
             write_result(result, self.paths, self.settings.termination_log)
             shares = ", ".join(
-                f"{n} {s:.3f}/{d.weight:.3f}" for n, s, d in zip(self.names, result.realised_shares, self.spec.datasets, strict=True)
+                f"{n} {s:.3f}/{d.weight:.3f}"
+                for n, s, d in zip(self.names, result.realised_shares, self.spec.datasets, strict=True)
             )
             self.log(f"done: {state.step} steps, train loss {result.train_loss}, realised/target shares: {shares}")
             self.log(f"results: {self.paths.results}")

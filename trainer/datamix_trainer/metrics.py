@@ -62,14 +62,18 @@ class TrainerMetrics:
         def gauge(name: str, doc: str, labels: Sequence[str] = run) -> Gauge:
             return Gauge(name, doc, labels, registry=r)
 
-        self.train_loss = gauge("datamix_train_loss", "Training loss (mean cross-entropy per token, nats) of the last step.")
+        self.train_loss = gauge(
+            "datamix_train_loss", "Training loss (mean cross-entropy per token, nats) of the last step."
+        )
         self.validation_loss = gauge(
             "datamix_validation_loss",
-            "Validation loss (mean cross-entropy per token, nats) on each dataset's held-out data at the last evaluation.",
+            "Validation loss (mean cross-entropy per token, nats) on each dataset's held-out data, last evaluation.",
             per_dataset,
         )
         self.learning_rate = gauge("datamix_learning_rate", "Learning rate of the last step.")
-        self.grad_norm = gauge("datamix_grad_norm", "Global L2 norm of the gradients of the last step, before clipping.")
+        self.grad_norm = gauge(
+            "datamix_grad_norm", "Global L2 norm of the gradients of the last step, before clipping."
+        )
         self.step_duration = Histogram(
             "datamix_step_duration_seconds",
             "Wall time of one optimizer step (forward, backward, all-reduce, update), evaluation excluded.",
@@ -77,7 +81,9 @@ class TrainerMetrics:
             buckets=STEP_BUCKETS,
             registry=r,
         )
-        self.tokens_per_second = gauge("datamix_tokens_per_second", "Training tokens per second of the whole job, last step.")
+        self.tokens_per_second = gauge(
+            "datamix_tokens_per_second", "Training tokens per second of the whole job, last step."
+        )
         self.dataset_tokens = Counter(
             "datamix_dataset_tokens_total",
             "Training tokens consumed from each dataset; the realised mixture is the ratio of their rates.",
@@ -85,7 +91,9 @@ class TrainerMetrics:
             registry=r,
         )
         self.target_share = gauge(
-            "datamix_dataset_target_share", "Each dataset's target share of the mixture (normalised weight, 0-1).", per_dataset
+            "datamix_dataset_target_share",
+            "Each dataset's target share of the mixture (normalised weight, 0-1).",
+            per_dataset,
         )
         self.consumed_samples = gauge("datamix_consumed_samples", "Training samples consumed so far.")
         self.target_samples = gauge("datamix_target_samples", "Training samples the run will consume.")
