@@ -84,6 +84,18 @@ if [[ $MODE == build ]] && complete; then
   exit 0
 fi
 
+# One build per pin set at a time (concurrent `cluster-up`s, CI): wait for the other one.
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+if command -v flock >/dev/null; then
+  flock 9
+  if [[ $MODE == build ]] && complete; then
+    echo "k8s binaries built by a concurrent run (pins hash $KEY)" >&2
+    echo "$BIN"
+    exit 0
+  fi
+fi
+
 command -v go >/dev/null || { echo "go not found (need Go >= $GO_VERSION_MIN)" >&2; exit 1; }
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath -mod=readonly"
