@@ -1,0 +1,78 @@
+"""Models: the PyTorch GPT's properties, and the megatron-core configuration of every preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from datamix_trainer.model import GPT, GPTConfig, build_torch_gpt
+
+from datamix.errors import UserError
+from datamix.presets import PRESETS
+from datamix.runspec import ModelSpec
+from tests.trainer.runs import quickstart_spec
+
+
+def spec_with(preset: str, **overrides: object):
+    spec = quickstart_spec(Path("/data"), Path("/output"))
+    return dataclasses.replace(spec, model=ModelSpec(preset, {**PRESETS[preset], **overrides}))
+
+
+def test_gpt_is_causal_and_returns_per_token_losses() -> None:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=257,
+        seq_length=32,
+        num_layers=2,
+        hidden_size=64,
+        num_heads=4,
+        num_query_groups=2,
+        ffn_hidden_size=128,
+    )
+    model = GPT(config).eval()
+    tokens = torch.randint(0, 257, (2, 32))
+    positions = torch.arange(32).expand(2, 32)
+    loss = model(tokens, positions, tokens)
+    assert loss.shape == (2, 32)
+    changed = tokens.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 257  # only the future changes
+    loss2 = model(changed, positions, tokens)
+    assert torch.equal(loss[:, :20], loss2[:, :20])
+    assert not torch.equal(loss[:, 20:], loss2[:, 20:])
+    assert model.embed.weight.grad is None and model.head is None  # tied output embedding
+
+
+def test_tiny_preset_builds_the_cpu_model_with_tied_embeddings() -> None:
+    built = build_torch_gpt(spec_with("tiny"), torch.device("cpu"))
+    params = dict(built.module.named_parameters())
+    assert "head.weight" not in params and params["embed.weight"].shape == (257, 128)
+    assert 0.3e6 < built.parameters < 1e6
+    assert built.flops_per_token > 6 * built.parameters  # + logits and attention
+
+
+def test_cpu_model_refuses_moe_presets_with_the_reason() -> None:
+    with pytest.raises(UserError, match=r"numExperts.*need the GPU"):
+        build_torch_gpt(spec_with("openseek-small"), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_maps_to_a_valid_megatron_transformer_config(preset: str) -> None:
+    """What can be checked of the GPU path without a GPU: megatron-core accepts the configuration."""
+    from datamix_trainer.megatron_model import transformer_config
+
+    config = transformer_config(spec_with(preset), use_te=False)
+    settings = PRESETS[preset]
+    assert config.num_layers == settings["numLayers"] and config.hidden_size == settings["hiddenSize"]
+    if settings.get("numExperts"):
+        assert config.num_moe_experts == settings["numExperts"]
+        assert config.moe_layer_freq == [0, 1, 1, 1, 1, 1]  # "[0]+[1]*5": the first layer is dense
+        assert type(config).__name__ == "MLATransformerConfig"
+
+
+def test_tensor_parallelism_is_refused_on_the_gpu_path() -> None:
+    from datamix_trainer.megatron_model import transformer_config
+
+    with pytest.raises(UserError, match=r"tensorModelParallelSize.*data-parallel only"):
+        transformer_config(spec_with("small", tensorModelParallelSize=2), use_te=False)
