@@ -144,6 +144,10 @@ def run(config: OperatorConfig) -> None:
         verbose=config.verbose,
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
+    if not config.verbose:
+        # kopf logs every handled event at INFO, and aiohttp every liveness probe.
+        for noisy in ("kopf.objects", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     kube = ClientKube(job_api=config.job_api, pool_size=max(32, config.workers * 2))
     metrics = Metrics()
     reconciler = Reconciler(
