@@ -35,7 +35,9 @@ def gpu_pool(k8s_client: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def start_operator(cluster: Any, dmx_crd: None, request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
+def start_operator(
+    cluster: Any, dmx_crd: None, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
     def start(namespaces: list[str], **kwargs: Any) -> OperatorProcess:

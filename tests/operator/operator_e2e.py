@@ -208,7 +208,8 @@ def list_jobs(api: Any, namespace: str, experiment: str | None = None) -> list[d
 
 
 def list_configmaps(api: Any, namespace: str, experiment: str) -> list[Any]:
-    return list(core(api).list_namespaced_config_map(namespace, label_selector=f"{GROUP}/experiment={experiment}").items)
+    selector = f"{GROUP}/experiment={experiment}"
+    return list(core(api).list_namespaced_config_map(namespace, label_selector=selector).items)
 
 
 def list_pods(api: Any, namespace: str, selector: str = "") -> list[Any]:
@@ -343,7 +344,9 @@ def e2e_manifest(
 
 
 @contextmanager
-def private_pool(api: Any, spec: Sequence[tuple[str, int, str | None, int, int]]) -> Iterator[tuple[str, dict[str, list[str]]]]:
+def private_pool(
+    api: Any, spec: Sequence[tuple[str, int, str | None, int, int]]
+) -> Iterator[tuple[str, dict[str, list[str]]]]:
     """Fake nodes only this test's experiments can use: labelled and tainted with a pool id.
 
     spec: (kind, count, product, memory MiB, gpus). Yields (pool id, {kind: [node names]})."""

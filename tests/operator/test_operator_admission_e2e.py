@@ -43,7 +43,8 @@ def experiments(api: Any, namespace: str) -> list[str]:
 
 @pytest.mark.skipif(not INVALID_MANIFESTS, reason="tests/api/invalid_manifests.py has no INVALID_MANIFESTS")
 @pytest.mark.parametrize(
-    ("manifest", "path", "message"), [pytest.param(m, p, s, id=i) for i, m, p, s in INVALID_MANIFESTS or [("-", {}, "", "")]]
+    ("manifest", "path", "message"),
+    [pytest.param(m, p, s, id=i) for i, m, p, s in INVALID_MANIFESTS or [("-", {}, "", "")]],
 )
 def test_invalid_manifest_is_refused_by_the_api_server(
     cluster: Any, k8s_client: Any, admission_ns: str, manifest: dict[str, Any], path: str, message: str
