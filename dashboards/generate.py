@@ -11,9 +11,9 @@ dashboard model is the target (schemaVersion 39; works with Grafana 10 and 11).
 Label conventions the queries rely on:
 - trainer metrics carry `experiment`, `run` (and `dataset`); the scrape adds `namespace` and
   `pod` (prometheus-operator PodMonitors do; the test's static config sets them too). Each pod's
-  local rank 0 serves metrics, so a run of N pods has N series per metric: run-wide values (loss,
-  learning rate, progress, target share) are identical on every pod and are taken with `max by`;
-  per-pod throughput (tokens/s, tokens consumed) is added up with `sum by`.
+  local rank 0 serves metrics, so a run of N pods has N series per metric; every trainer metric
+  describes the whole job (losses and token counts are all-reduced), so the N copies are equal and
+  are folded with `max by`, never added up.
 - DCGM exporter metrics carry `namespace`/`pod` of the GPU's pod; they are joined with a trainer
   series on those two labels to get the run's `experiment` and `run`.
 - operator metrics carry only `phase` (plus the scrape's labels): the operator row is not
@@ -147,8 +147,8 @@ def training_row(g: Layout) -> None:
 
 def mixture_row(g: Layout) -> None:
     g.row("Mixture: realised against target")
-    rate = f"sum by ({BY_RUN}, dataset) (rate({trainer('datamix_dataset_tokens_total')}[{RI}]))"
-    total = f"sum by ({BY_RUN}) (rate({trainer('datamix_dataset_tokens_total')}[{RI}]))"
+    rate = f"max by ({BY_RUN}, dataset) (rate({trainer('datamix_dataset_tokens_total')}[{RI}]))"
+    total = f"sum by ({BY_RUN}) ({rate})"
     g.add(timeseries(
         "Realised share (rate) vs target share",
         "Solid: each dataset's share of the training tokens consumed in the last interval (its token "
@@ -160,8 +160,8 @@ def mixture_row(g: Layout) -> None:
         overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
                     "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}]),
         16)
-    cumulative = f"sum by ({BY_RUN}, dataset) ({trainer('datamix_dataset_tokens_total')})"
-    cumulative_total = f"sum by ({BY_RUN}) ({trainer('datamix_dataset_tokens_total')})"
+    cumulative = f"max by ({BY_RUN}, dataset) ({trainer('datamix_dataset_tokens_total')})"
+    cumulative_total = f"sum by ({BY_RUN}) ({cumulative})"
     g.add(stat(
         "Realised share since the start, minus target",
         "Share of all tokens consumed so far minus the target share, per dataset; 0 is on target.",
@@ -170,7 +170,7 @@ def mixture_row(g: Layout) -> None:
                 "{{run}} / {{dataset}}")],
         "percentunit", kind="bargauge", min=-0.1, max=0.1, decimals=2), 8)
     g.add(timeseries(
-        "Tokens per second by dataset", "Training tokens consumed per second, per dataset (all pods).",
+        "Tokens per second by dataset", "Training tokens consumed per second, per dataset (whole job).",
         [target(rate, "{{run}} / {{dataset}}")], unit="short",
         custom={"fillOpacity": 30, "stacking": {"mode": "normal", "group": "A"}}), 24)
 
@@ -178,9 +178,10 @@ def mixture_row(g: Layout) -> None:
 def throughput_row(g: Layout) -> None:
     g.row("Throughput and progress")
     g.add(timeseries(
-        "Tokens per second", "Training throughput of each run, added up over its pods.",
-        [target(f"sum by ({BY_RUN}) ({trainer('datamix_tokens_per_second')})", "{{experiment}} / {{run}}")]),
+        "Tokens per second", "Training throughput of each run (whole job, last step).",
+        [target(f"max by ({BY_RUN}) ({trainer('datamix_tokens_per_second')})", "{{experiment}} / {{run}}")]),
         8)
+    # Every pod times the same steps: the pods' histograms are added up, which keeps quantiles.
     bucket = f"sum by ({BY_RUN}, le) (rate({trainer('datamix_step_duration_seconds_bucket')}[{RI}]))"
     g.add(timeseries(
         "Step time", "Duration of an optimizer step: quantiles from the histogram, and the mean.",

@@ -26,19 +26,17 @@ from typing import Any
 import clusterlib  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 import yaml
-from shiplib import HELM_MISSING, REPO, by_kind, helm_bin, render
+from live import Admin, experiment, install_crd, with_fake_pods
+from shiplib import HELM_MISSING, by_kind, helm_bin, render
 from test_health_lua import evaluate as argocd_health
 
 from datamix.experiment import run_id, run_name
-from datamix.runspec import RunResult
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING),
               pytest.mark.timeout(600)]
 
-CRD = REPO / "crds" / "datamix.io_datamixtureexperiments.yaml"
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
-GROUP, VERSION, PLURAL = "datamix.io", "v1alpha1", "datamixtureexperiments"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,81 +98,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def experiment(name: str, weights: tuple[int, int] = (2, 1)) -> dict[str, Any]:
-    """A small experiment on the fake H100 pool (1 node x 8 GPUs), without volumes (the fake pods
-    mount nothing). Integer weights: the API server returns 1.0 as 1, and the run id hashes the
-    spec as returned."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataMixtureExperiment", "metadata": {"name": name},
-        "spec": {
-            "datasets": {
-                "baseDir": "/data",
-                "mixture": [
-                    {"name": "web", "path": "web/part_0_text_document", "weight": weights[0],
-                     "validationPath": "web/valid_text_document"},
-                    {"name": "code", "path": "code/part_0_text_document", "weight": weights[1]},
-                ],
-            },
-            "model": {"preset": "tiny"},
-            "training": {"seqLength": 128, "globalBatchSize": 16, "microBatchSize": 1, "trainSamples": 1600,
-                         "learningRate": {"peak": 0.001}, "tokenizer": {"type": "byte", "vocabSize": 256}},
-            "resources": {"nodes": 1, "gpusPerNode": 8, "gpu": {"products": [clusterlib.H100]}},
-        },
-    }
-
-
-def with_fake_pods(manifest: dict[str, Any], duration: str) -> dict[str, Any]:
-    """Pod annotations read by the cluster's kwok stages: how long the pods run and the master's
-    termination message (the run result the real trainer would write)."""
-    out = copy.deepcopy(manifest)
-    result = RunResult(run=run_id(manifest), train_loss=2.5, validation_loss=(2.6, None), tokens=(1000, 500),
-                       steps=100, consumed_samples=1600, wall_seconds=12.3).encode()
-    out["spec"]["podTemplate"] = {"metadata": {"annotations": {
-        clusterlib.FAKE_DURATION: duration, clusterlib.FAKE_MESSAGE: result}}}
-    return out
-
-
-class Admin:
-    """The test's own (admin) view of the cluster."""
-
-    def __init__(self, api: Any) -> None:
-        from kubernetes import client
-
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-
-    def experiment(self, ns: str, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-
-    def status(self, ns: str, name: str) -> dict[str, Any]:
-        return self.experiment(ns, name).get("status") or {}
-
-    def apply(self, ns: str, body: dict[str, Any]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            current = self.experiment(ns, body["metadata"]["name"])
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-            return
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body["metadata"]["name"],
-                                                   {"spec": body["spec"]})
-        assert current
-
-    def jobs(self, ns: str) -> list[str]:
-        items = self.custom.list_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs")["items"]
-        return sorted(j["metadata"]["name"] for j in items if not j["metadata"].get("deletionTimestamp"))
-
-    def job(self, ns: str, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object("kubeflow.org", "v1", ns, "pytorchjobs", name)
-
-    def configmaps(self, ns: str) -> list[str]:
-        items = self.core.list_namespaced_config_map(ns, label_selector="app.kubernetes.io/managed-by=datamix-operator")
-        return sorted(c.metadata.name for c in items.items if not c.metadata.deletion_timestamp)
-
-
 class OperatorProcess:
     """`datamix operator` in a subprocess with the given kubeconfig; log in a file."""
 
@@ -219,9 +142,7 @@ class OperatorProcess:
 
 @pytest.fixture(scope="module")
 def crd_installed(cluster: clusterlib.Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    clusterlib.wait_for(lambda: "datamixtureexperiments" in cluster.kubectl(
-        "api-resources", "--api-group=datamix.io", "-o", "name").stdout, 60, description="CRD served")
+    install_crd(cluster)
 
 
 @pytest.fixture
