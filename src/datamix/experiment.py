@@ -66,8 +66,20 @@ def canonical_json(value: Any) -> str:
 def run_id(manifest: dict[str, Any]) -> str:
     """A short hash of the run-defining spec: equal specs give equal ids, in any process."""
     spec = manifest.get("spec", {})
-    defining = {k: spec[k] for k in RUN_DEFINING_FIELDS if k in spec}
+    defining = {k: _integral_floats_as_ints(spec[k]) for k in RUN_DEFINING_FIELDS if k in spec}
     return hashlib.sha256(canonical_json(defining).encode()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """The API server stores `weight: 2.0` as `2`: hash what it will return, so a file and the
+    object read back from the cluster have the same run id."""
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
 
 
 def run_name(manifest: dict[str, Any]) -> str:
