@@ -5,8 +5,10 @@ ServiceAccount comes from the TokenRequest API (`kubectl create token`); a kubec
 that token runs the real operator (`datamix operator`) through its scenario: an experiment gets
 its ConfigMap and PyTorchJob, the fake GPU pods run and finish, the run succeeds with the
 master's result, an edit of the mixture starts a new run and retires the old one's children,
-suspend acts on the job, events are posted; no request of the operator is forbidden. Along the
-way deploy/argocd/health.lua judges the live objects (Healthy, Progressing, Suspended).
+suspend acts on the job, a failing run fails, events are posted; no request of the operator is
+forbidden. Then the operator e2e suite's own lifecycle scenario (tests/operator/operator_e2e.py)
+runs under the same token. Along the way deploy/argocd/health.lua judges the live objects
+(Healthy, Progressing, Suspended, Degraded).
 A table of `kubectl auth can-i` checks, made with the same token, shows what it may and may not do.
 """
 
@@ -27,7 +29,7 @@ import clusterlib  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 import yaml
 from live import Admin, experiment, install_crd, with_fake_pods
-from shiplib import HELM_MISSING, by_kind, helm_bin, render
+from shiplib import HELM_MISSING, REPO, by_kind, helm_bin, render
 from test_health_lua import evaluate as argocd_health
 
 from datamix.experiment import run_id, run_name
@@ -279,6 +281,19 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
         log = operator.log_text()
         for marker in ("403", "Forbidden", "forbidden"):
             assert marker not in log, f"the operator was refused something:\n{log[-4000:]}"
+        operator.stop()
+        operator = None
+
+        # The operator engineer's lifecycle scenario (tests/operator/operator_e2e.py), same token.
+        sys.path.insert(0, str(REPO / "tests" / "operator"))
+        from operator_e2e import OperatorProcess as E2EOperator
+        from operator_e2e import lifecycle_scenario
+
+        with E2EOperator(kubeconfig=kubeconfig, namespaces=[ns_watched], log_dir=tmp_path) as op:
+            done = lifecycle_scenario(k8s_client, cluster, ns_watched, op=op)
+            assert argocd_health(done)["status"] == "Healthy"
+            log = Path(op.log_path).read_text(errors="replace")
+            assert "Forbidden" not in log and "403" not in log, log[-4000:]
     finally:
         if operator is not None:
             operator.stop()
