@@ -5,6 +5,7 @@ dashboard ConfigMap, and the single sources of the CRD and the dashboard.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -293,3 +294,27 @@ def test_namespaced_rbac_needs_no_cluster_write(rendered: dict[str, list[dict[st
     (cluster_role,) = by_kind(docs, "ClusterRole")
     verbs = {v for r in cluster_role["rules"] for v in r["verbs"]}
     assert verbs == {"get", "list", "watch"}
+
+
+@needs_helm
+@pytest.mark.cluster
+@pytest.mark.parametrize("name", ["defaults", "namespaced", "pinned-image", "minimal"])
+def test_rendered_chart_is_accepted_by_the_api_server(name: str, cluster: Any, k8s_client: Any,
+                                                      tmp_path: Path) -> None:
+    """Server-side dry run of every object (the CRD aside: the API tests cover it) against the real
+    API server: schemas, names, RBAC references."""
+    import clusterlib
+
+    values = copy.deepcopy(VALUE_SETS[name])
+    created = [clusterlib.create_namespace(k8s_client, f"chart-{name}")]
+    if values.get("watchNamespaces"):
+        values["watchNamespaces"] = [clusterlib.create_namespace(k8s_client, "chart-watched") for _ in range(2)]
+        created += values["watchNamespaces"]
+    try:
+        docs = render(values, tmp_path, release=clusterlib.unique_name("dmx", 20), namespace=created[0])
+        res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs), check=False)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("(server dry run)") == len(docs)
+    finally:
+        for ns in created:
+            clusterlib.delete_namespace(k8s_client, ns)
