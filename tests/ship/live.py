@@ -25,8 +25,7 @@ def install_crd(cluster: clusterlib.Cluster) -> None:
 
 def experiment(name: str, weights: tuple[int, int] = (2, 1)) -> dict[str, Any]:
     """A small experiment on the fake H100 pool (1 node x 8 GPUs), without volumes (the fake pods
-    mount nothing). Integer weights: the API server returns 1.0 as 1, and the run id hashes the
-    spec as returned."""
+    mount nothing)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataMixtureExperiment", "metadata": {"name": name},
         "spec": {
