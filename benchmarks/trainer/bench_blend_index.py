@@ -51,11 +51,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch.distributed as dist
-
-    from datamix.runspec import DatasetSpec, LearningRate, ModelSpec, RunSpec, TrainingSpec, normalise
     from datamix_trainer.config import Plan, RunPaths
     from datamix_trainer.data import build_run_data
     from datamix_trainer.megatron_imports import IndexedDatasetBuilder
+
+    from datamix.runspec import DatasetSpec, LearningRate, ModelSpec, RunSpec, TrainingSpec, normalise
 
     raw, origin = seed_weights(args.sources)
     weights = normalise(raw)

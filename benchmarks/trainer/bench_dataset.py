@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import quickstart  # noqa: E402
+from common import quickstart
 
 
 def rate(fn, n: int) -> float:
@@ -39,7 +39,6 @@ def main() -> None:
 
     import torch
     import torch.distributed as dist
-
     from datamix_trainer.config import Plan, RunPaths
     from datamix_trainer.data import build_run_data, train_loader
     from datamix_trainer.megatron_imports import IndexedDataset

@@ -16,6 +16,7 @@ evaluation and checkpoint excluded): robust to other processes' bursts. The two 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import quickstart  # noqa: E402
+from common import quickstart
 
 WARMUP = 5
 
@@ -32,7 +33,7 @@ WARMUP = 5
 def median_step(marks: list[float]) -> float:
     """Median time between consecutive step ends: robust to other processes' bursts on a shared machine."""
     timed = marks[WARMUP:]
-    return statistics.median(b - a for a, b in zip(timed, timed[1:], strict=False))
+    return statistics.median(b - a for a, b in itertools.pairwise(timed))
 
 
 def trainer_rate(steps: int, workers: int) -> float:
@@ -58,7 +59,6 @@ def trainer_rate(steps: int, workers: int) -> float:
 def bare_rate(steps: int) -> float:
     import torch
     import torch.distributed as dist
-
     from datamix_trainer.config import Plan, RunPaths
     from datamix_trainer.data import build_run_data, train_loader
     from datamix_trainer.model import build_torch_gpt
