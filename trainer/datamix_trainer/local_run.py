@@ -83,15 +83,19 @@ class Progress:
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
         self.last_decile = -1
-        self.started = time.time()
+        self.first: tuple[float, float] | None = None  # (time, samples) of the first progress seen
 
     def show(self, values: dict[str, float]) -> None:
         done, total = values.get("datamix_consumed_samples", 0.0), values.get("datamix_target_samples", 0.0)
         if not total:
             return
         fraction = min(done / total, 1.0)
-        elapsed = time.time() - self.started
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
+        # ETA from the training rate seen so far (start-up and index building excluded).
+        if self.first is None and done > 0:
+            self.first = (time.time(), done)
+        eta = 0.0
+        if self.first is not None and done > self.first[1]:
+            eta = (time.time() - self.first[0]) * (total - done) / (done - self.first[1])
         loss = values.get("datamix_train_loss")
         rate = values.get("datamix_tokens_per_second", 0.0)
         text = (
