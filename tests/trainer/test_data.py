@@ -102,6 +102,7 @@ def test_sampler_gives_every_rank_its_slice_of_the_same_global_batches() -> None
 @pytest.mark.training
 def test_consumed_samples_per_dataset_track_target_shares_at_every_prefix(demo_dir: Path, tmp_path: Path) -> None:
     """Run the real loop (in this process) and count the dataset_id of every sample it trained on."""
+    import torch
     from datamix_trainer.config import DistEnv, TrainerSettings
     from datamix_trainer.loop import StepRecord, train
 
@@ -118,7 +119,12 @@ def test_consumed_samples_per_dataset_track_target_shares_at_every_prefix(demo_d
             consumed.extend(int(i) for i in ids)
 
     settings = TrainerSettings(metrics_port=None, termination_log=str(tmp_path / "termination-log"), console=False)
-    result = train(spec, DistEnv(), settings, hooks=[record])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess runs do; two threads on two busy cores crawl
+    try:
+        result = train(spec, DistEnv(), settings, hooks=[record])
+    finally:
+        torch.set_num_threads(threads)
 
     n = spec.training.global_batch_size * steps
     assert len(consumed) == n

@@ -57,6 +57,7 @@ def test_cpu_model_refuses_moe_presets_with_the_reason() -> None:
         build_torch_gpt(spec_with("openseek-small"), torch.device("cpu"))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # megatron's advice for GPU runs
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_maps_to_a_valid_megatron_transformer_config(preset: str) -> None:
     """What can be checked of the GPU path without a GPU: megatron-core accepts the configuration."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -206,12 +207,20 @@ def resumed_step(out: Path) -> int:
     return int(match.group(1))
 
 
+@pytest.fixture(scope="module")
+def single_reference(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunSpec:
+    """An uninterrupted one-process run: the losses resumed runs must reproduce bitwise."""
+    root = tmp_path_factory.mktemp("reference")
+    reference = quickstart_spec(demo_dir, root / "out", training=SINGLE_TRAINING)
+    process = start_training(write_spec(reference, root), 1, root / "ref.log")
+    wait(process, root / "ref.log")
+    return reference
+
+
 def test_kill_and_resume_one_process_is_bitwise_and_skips_a_truncated_checkpoint(
-    demo_dir: Path, tmp_path: Path
+    single_reference: RunSpec, demo_dir: Path, tmp_path: Path
 ) -> None:
-    reference = quickstart_spec(demo_dir, tmp_path / "ref" / "out", training=SINGLE_TRAINING)
-    process = start_training(write_spec(reference, tmp_path / "ref"), 1, tmp_path / "ref.log")
-    wait(process, tmp_path / "ref.log")
+    reference = single_reference
     expected = history(Path(reference.output_dir))
 
     spec = quickstart_spec(demo_dir, tmp_path / "killed" / "out", training=SINGLE_TRAINING)
@@ -258,3 +267,31 @@ def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
     for step in steps:
         assert abs(resumed[step]["loss"] - expected[step]["loss"]) <= 1e-6, f"step {step}"
     assert len(list((out / "logs" / "details").rglob("attempt_1/*/stdout.log"))) == 2
+
+
+def test_sigterm_checkpoints_at_a_step_boundary_and_the_restart_continues_bitwise(
+    single_reference: RunSpec, demo_dir: Path, tmp_path: Path
+) -> None:
+    """What a pod deletion (suspend, preemption) does: SIGTERM, then the pod comes back."""
+    expected = history(Path(single_reference.output_dir))
+    training = {**SINGLE_TRAINING, "checkpointInterval": 1000}  # no checkpoint but the one SIGTERM makes
+    spec = quickstart_spec(demo_dir, tmp_path / "out", training=training)
+    out = Path(spec.output_dir)
+    spec_path = write_spec(spec, tmp_path)
+    process = start_training(spec_path, 1, tmp_path / "first.log")
+    deadline = time.time() + 300
+    while not ((out / "history.jsonl").exists() and len(history(out)) >= 8):
+        assert process.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, (tmp_path / "first.log").read_text()[-3000:]
+    last = max(history(out, attempt=0))
+    assert last < SINGLE_TRAINING["trainSteps"]
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == [f"step_{last:08d}"]
+
+    process = start_training(spec_path, 1, tmp_path / "second.log")
+    wait(process, tmp_path / "second.log")
+    resumed = history(out, attempt=1)
+    assert sorted(resumed) == list(range(last + 1, SINGLE_TRAINING["trainSteps"] + 1))
+    for step, record in resumed.items():
+        assert record["loss"] == expected[step]["loss"], f"step {step} differs"

@@ -7,6 +7,7 @@ command imports what it needs when it runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from datamix.runspec import RUN_SPEC_ENV
@@ -18,9 +19,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = load_run_spec(args.run_spec)
     check_run_data(spec)  # before torch is even imported: a missing file fails in a second
-    from datamix_trainer.loop import train
+    from datamix_trainer.loop import Stopped, train
 
-    train(spec)
+    try:
+        train(spec)
+    except Stopped as stop:
+        print(stop, file=sys.stderr)
+        return Stopped.exit_code
     return 0
 
 

@@ -16,9 +16,11 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,12 @@ class StepRecord:
 StepHook = Callable[[StepRecord], None]
 
 
+class Stopped(Exception):
+    """SIGTERM arrived (pod deleted or suspended): a checkpoint was saved at a step boundary."""
+
+    exit_code = 143  # 128 + SIGTERM: not a success, so the PyTorchJob does not count it as done
+
+
 @dataclass
 class TrainState:
     """Everything besides model and optimizer that a checkpoint carries."""
@@ -100,7 +108,10 @@ def train(
         with process_logs(log_dir, echo_stdout=env.is_main and settings.console):
             try:
                 trainer = Trainer(spec, env, settings, plan, paths, device, attempt, hooks)
-                return trainer.run()
+                with stop_on_sigterm(trainer):
+                    return trainer.run()
+            except Stopped:
+                raise
             except BaseException:
                 # Into this process's stderr.log (the console gets it from the CLI or Python).
                 sys_err = __import__("sys").stderr
@@ -110,6 +121,28 @@ def train(
                 flush_all()
     finally:
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(trainer: Trainer) -> Iterator[None]:
+    """SIGTERM asks the trainer to checkpoint and stop at the next step boundary.
+
+    The kubelet sends SIGTERM when a pod is deleted (suspend, preemption, a new run) and SIGKILL
+    after the grace period; torchrun forwards SIGTERM to its workers. Saving at a step boundary
+    keeps the resumed run on exactly the same sample sequence.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        trainer.stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -129,6 +162,7 @@ class Trainer:
         self.names = [d.name for d in spec.datasets]
         self.state = TrainState(tokens=[0] * len(spec.datasets), validation=[None] * len(spec.datasets))
         self.started = time.time()
+        self.stop_requested = False  # set by SIGTERM; agreed on by all ranks at the next step
 
         self.log(
             f"run {spec.experiment}/{spec.run}: {len(spec.datasets)} datasets, {plan.train_steps} steps of "
@@ -241,16 +275,18 @@ class Trainer:
 
     # Steps --------------------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, list[int]]:
-        """One optimizer step over this rank's micro-batches; returns global loss, grad norm and
-        per-dataset sample counts of the global batch."""
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, list[int], bool]:
+        """One optimizer step over this rank's micro-batches; returns global loss, grad norm,
+        per-dataset sample counts of the global batch, and whether any rank was asked to stop."""
         n = len(self.names)
         # Counts first: the loss of every micro-batch is normalised by the global token count, so
-        # the gradient is the same for any number of ranks and micro-batches.
-        counts = torch.zeros(n + 1, dtype=torch.float64)
+        # the gradient is the same for any number of ranks and micro-batches. The same all-reduce
+        # tells every rank whether one of them got SIGTERM, so that all stop at the same step.
+        counts = torch.zeros(n + 2, dtype=torch.float64)
+        counts[1] = float(self.stop_requested)
         for mb in micro_batches:
             counts[0] += mb["loss_mask"].sum(dtype=torch.float64)
-            counts[1:] += torch.bincount(mb["dataset_id"], minlength=n).to(torch.float64)
+            counts[2:] += torch.bincount(mb["dataset_id"], minlength=n).to(torch.float64)
         dist.all_reduce_sum(counts)
         global_tokens = max(counts[0].item(), 1.0)
         scale = self.plan.data_parallel_size / global_tokens  # DDP averages over the ranks
@@ -272,7 +308,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.built.after_step is not None:
             self.built.after_step(self.module)
-        return float(loss_global.item() / global_tokens), float(grad_norm), [int(c) for c in counts[1:].tolist()]
+        samples = [int(c) for c in counts[2:].tolist()]
+        return float(loss_global.item() / global_tokens), float(grad_norm), samples, counts[1].item() > 0
 
     @torch.no_grad()
     def evaluate(self) -> list[float | None]:
@@ -322,7 +359,7 @@ class Trainer:
             t0 = time.perf_counter()
             micro_batches = [next(loader) for _ in range(plan.micro_batches_per_step)]
             lr = self.schedule.step(state.consumed_samples)
-            loss, grad_norm, samples = self.train_step(micro_batches)
+            loss, grad_norm, samples, stop = self.train_step(micro_batches)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - t0
@@ -392,6 +429,11 @@ class Trainer:
                 last_save = state.step
             if state.step in (last_eval, last_save) or state.step % t.log_interval == 0:
                 interval_start, interval_steps, interval_compute = time.perf_counter(), 0, 0.0
+            if stop and not done:
+                if last_save != state.step:
+                    self.save()
+                self.log(f"stopping on SIGTERM after step {state.step}; the next start resumes here")
+                raise Stopped(f"stopped on SIGTERM at step {state.step} (checkpoint saved)")
 
         # A run resumed from its final checkpoint trains nothing and reports what that checkpoint holds.
         return self.finish()
