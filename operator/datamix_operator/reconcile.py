@@ -146,6 +146,7 @@ class Reconciler:
             return  # e.g. our own annotation patch: nothing the status depends on changed
         if deleted:
             self._job_seen.pop(key, None)
+            self._masters.pop(meta.get("uid", ""), None)
         else:
             self._job_seen[key] = seen
         self.reconcile(namespace, experiment)
@@ -154,6 +155,10 @@ class Reconciler:
         key = (namespace, name)
         self._written.pop(key, None)
         self._failures.pop(key, None)
+        with self._locks_guard:
+            lock = self._locks.get(key)
+            if lock is not None and not lock.locked():
+                del self._locks[key]
         self.metrics.observe_phase(namespace, name, None)
 
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
