@@ -181,27 +181,22 @@ def test_logs_follow_the_per_process_layout(ddp_run: dict[str, Any]) -> None:
             assert key in lines[-1]
 
 
-def run_killed_and_resumed(spec: RunSpec, root: Path, nproc: int, kill_after_step: int, truncate: bool) -> Path:
-    """Start a run, SIGKILL it once checkpoint `kill_after_step` is complete, optionally truncate
-    its newest checkpoint, and run it again to the end. Returns the run's output directory."""
+def run_killed_and_resumed(spec: RunSpec, root: Path, nproc: int, kill_after_step: int) -> Path:
+    """Start a run, SIGKILL it once checkpoint `kill_after_step` is complete, and run it again to
+    the end. Returns the run's output directory."""
     out = Path(spec.output_dir)
     spec_path = write_spec(spec, root)
     marker = out / "checkpoints" / f"step_{kill_after_step:08d}" / "COMPLETE"
     process = start_training(spec_path, nproc, root / "first.log")
     kill_when(process, marker.exists)
     assert not (out / "results.json").exists(), "the first attempt was meant to die before the end"
-    if truncate:
-        newest = max((out / "checkpoints").glob("step_*"))
-        state = newest / "state.pt"
-        with open(state, "r+b") as f:
-            f.truncate(state.stat().st_size // 2)
     process = start_training(spec_path, nproc, root / "second.log")
     wait(process, root / "second.log")
     return out
 
 
-def resumed_step(out: Path) -> int:
-    log = next((out / "logs" / "details").rglob("attempt_1/0/stdout.log")).read_text()
+def resumed_step(out: Path, attempt: int = 1) -> int:
+    log = next((out / "logs" / "details").rglob(f"attempt_{attempt}/0/stdout.log")).read_text()
     match = re.search(r"resumed from step_\d+: step (\d+)", log)
     assert match, log[-2000:]
     return int(match.group(1))
@@ -217,40 +212,55 @@ def single_reference(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return reference
 
 
-def test_kill_and_resume_one_process_is_bitwise_and_skips_a_truncated_checkpoint(
+def test_kill_truncate_and_sigterm_one_process_resume_bitwise(
     single_reference: RunSpec, demo_dir: Path, tmp_path: Path
 ) -> None:
-    reference = single_reference
-    expected = history(Path(reference.output_dir))
+    """Three attempts of one run: SIGKILLed after a checkpoint (whose newest checkpoint is then
+    truncated), SIGTERMed mid-way (a pod deletion), then run to the end. Every step after each
+    restart reproduces the uninterrupted run bitwise."""
+    expected = history(Path(single_reference.output_dir))
+    interval = SINGLE_TRAINING["checkpointInterval"]
+    spec = quickstart_spec(demo_dir, tmp_path / "out", training=SINGLE_TRAINING)
+    out = Path(spec.output_dir)
+    spec_path = write_spec(spec, tmp_path)
 
-    spec = quickstart_spec(demo_dir, tmp_path / "killed" / "out", training=SINGLE_TRAINING)
-    out = run_killed_and_resumed(spec, tmp_path / "killed", 1, kill_after_step=12, truncate=True)
+    # Attempt 0: SIGKILL once checkpoint 12 is complete; then truncate the newest checkpoint.
+    process = start_training(spec_path, 1, tmp_path / "attempt0.log")
+    kill_when(process, (out / "checkpoints" / "step_00000012" / "COMPLETE").exists)
+    newest = max((out / "checkpoints").glob("step_*"))
+    with open(newest / "state.pt", "r+b") as f:
+        f.truncate((newest / "state.pt").stat().st_size // 2)
+
+    # Attempt 1: skips the truncated checkpoint, resumes from the one before; SIGTERM a few steps on.
+    process = start_training(spec_path, 1, tmp_path / "attempt1.log")
+    deadline = time.time() + 300
+    while len(history(out, attempt=1)) < interval + 2:
+        assert process.poll() is None and time.time() < deadline, (tmp_path / "attempt1.log").read_text()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, (tmp_path / "attempt1.log").read_text()[-3000:]
     log = next((out / "logs" / "details").rglob("attempt_1/0/stdout.log")).read_text()
-    skipped = re.findall(r"checkpoint .*(step_\d+) skipped: state.pt has \d+ bytes", log)
-    assert skipped, "the truncated checkpoint was not reported as skipped"
-    start = resumed_step(out)
-    assert start == int(skipped[0][len("step_") :]) - SINGLE_TRAINING["checkpointInterval"]
+    assert re.search(rf"checkpoint .*{newest.name} skipped: state.pt has \d+ bytes", log), log[-2000:]
+    assert resumed_step(out, 1) == int(newest.name[len("step_") :]) - interval
+    stopped = max(history(out, attempt=1))
+    assert stopped < SINGLE_TRAINING["trainSteps"]
+    assert (out / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").exists()  # saved on SIGTERM
 
-    resumed = history(out, attempt=1)
-    steps = list(range(start + 1, SINGLE_TRAINING["trainSteps"] + 1))
-    assert sorted(resumed) == steps
-    for step in steps:
-        assert resumed[step]["loss"] == expected[step]["loss"], f"step {step} differs"  # bitwise
-        assert resumed[step]["grad_norm"] == expected[step]["grad_norm"]
+    # Attempt 2: resumes at the SIGTERM step and finishes.
+    process = start_training(spec_path, 1, tmp_path / "attempt2.log")
+    wait(process, tmp_path / "attempt2.log")
+    assert resumed_step(out, 2) == stopped
+    for attempt, first in ((1, resumed_step(out, 1) + 1), (2, stopped + 1)):
+        records = history(out, attempt=attempt)
+        last = stopped if attempt == 1 else SINGLE_TRAINING["trainSteps"]
+        assert sorted(records) == list(range(first, last + 1))
+        for step, record in records.items():
+            assert record["loss"] == expected[step]["loss"], f"attempt {attempt} step {step} differs"
+            assert record["grad_norm"] == expected[step]["grad_norm"]
     final = json.loads((out / "results.json").read_text())
-    ref_final = json.loads((Path(reference.output_dir) / "results.json").read_text())
-    assert final["validation_loss"] == ref_final["validation_loss"]
-    assert final["tokens"] == ref_final["tokens"]  # per-dataset counts survive the restart
-
-    # Started once more (a pod recreated after the end), the run trains nothing and reports the same.
-    (out / "results.json").unlink()
-    process = start_training(write_spec(spec, tmp_path / "killed"), 1, tmp_path / "third.log")
-    wait(process, tmp_path / "third.log")
-    assert history(out, attempt=2) == {}
-    again = json.loads((out / "results.json").read_text())
-    assert {k: v for k, v in again.items() if k != "wall_seconds"} == {
-        k: v for k, v in final.items() if k != "wall_seconds"
-    }
+    reference = json.loads((Path(single_reference.output_dir) / "results.json").read_text())
+    assert final["validation_loss"] == reference["validation_loss"]
+    assert final["tokens"] == reference["tokens"]  # per-dataset counts survive the restarts
 
 
 def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
@@ -258,7 +268,7 @@ def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
 ) -> None:
     expected = history(Path(ddp_run["spec"].output_dir))
     spec = quickstart_spec(demo_dir, tmp_path / "out", nproc=2, training=DDP_TRAINING)
-    out = run_killed_and_resumed(spec, tmp_path, 2, kill_after_step=20, truncate=False)
+    out = run_killed_and_resumed(spec, tmp_path, 2, kill_after_step=20)
     start = resumed_step(out)
     assert start >= 20
     resumed = history(out, attempt=1)
@@ -267,31 +277,3 @@ def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
     for step in steps:
         assert abs(resumed[step]["loss"] - expected[step]["loss"]) <= 1e-6, f"step {step}"
     assert len(list((out / "logs" / "details").rglob("attempt_1/*/stdout.log"))) == 2
-
-
-def test_sigterm_checkpoints_at_a_step_boundary_and_the_restart_continues_bitwise(
-    single_reference: RunSpec, demo_dir: Path, tmp_path: Path
-) -> None:
-    """What a pod deletion (suspend, preemption) does: SIGTERM, then the pod comes back."""
-    expected = history(Path(single_reference.output_dir))
-    training = {**SINGLE_TRAINING, "checkpointInterval": 1000}  # no checkpoint but the one SIGTERM makes
-    spec = quickstart_spec(demo_dir, tmp_path / "out", training=training)
-    out = Path(spec.output_dir)
-    spec_path = write_spec(spec, tmp_path)
-    process = start_training(spec_path, 1, tmp_path / "first.log")
-    deadline = time.time() + 300
-    while not ((out / "history.jsonl").exists() and len(history(out)) >= 8):
-        assert process.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 143, (tmp_path / "first.log").read_text()[-3000:]
-    last = max(history(out, attempt=0))
-    assert last < SINGLE_TRAINING["trainSteps"]
-    assert [p.name for p in (out / "checkpoints").glob("step_*")] == [f"step_{last:08d}"]
-
-    process = start_training(spec_path, 1, tmp_path / "second.log")
-    wait(process, tmp_path / "second.log")
-    resumed = history(out, attempt=1)
-    assert sorted(resumed) == list(range(last + 1, SINGLE_TRAINING["trainSteps"] + 1))
-    for step, record in resumed.items():
-        assert record["loss"] == expected[step]["loss"], f"step {step} differs"

@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,7 +80,7 @@ class Tee:
 
 
 @contextmanager
-def process_logs(directory: Path, echo_stdout: bool):
+def process_logs(directory: Path, echo_stdout: bool) -> Iterator[Path]:
     """Redirect sys.stdout/sys.stderr into `directory`/{stdout,stderr}.log for the block."""
     directory.mkdir(parents=True, exist_ok=True)
     old_out, old_err = sys.stdout, sys.stderr
@@ -87,8 +88,8 @@ def process_logs(directory: Path, echo_stdout: bool):
         open(directory / "stdout.log", "a", buffering=1) as out,
         open(directory / "stderr.log", "a", buffering=1) as err,
     ):
-        sys.stdout = Tee(out, old_out if echo_stdout else None)  # type: ignore[assignment]
-        sys.stderr = Tee(err, old_err)  # type: ignore[assignment]
+        sys.stdout = Tee(out, old_out if echo_stdout else None)
+        sys.stderr = Tee(err, old_err)
         try:
             yield directory
         finally:

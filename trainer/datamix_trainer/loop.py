@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -99,11 +99,11 @@ def train(
     dist.init_process_group(env, device)
     try:
         # One launch = one log folder on every host: rank 0 names it, the others follow.
-        launch: Any = None
+        launch: tuple[str, int] | None = None
         if env.is_main:
             stamp = launch_timestamp()
             launch = (stamp, next_attempt(paths.logs, env, stamp))
-        timestamp, attempt = dist.broadcast_object(launch)  # type: ignore[misc]
+        timestamp, attempt = cast(tuple[str, int], dist.broadcast_object(launch))
         log_dir = process_log_dir(paths.logs, env, timestamp, attempt)
         with process_logs(log_dir, echo_stdout=env.is_main and settings.console):
             try:

@@ -223,7 +223,7 @@ class GPT(nn.Module):
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Positions of a sample are 0..s-1 (no position resets), so slicing the tables suffices.
         s = tokens.shape[1]
-        cos, sin = self.cos[:s], self.sin[:s]
+        cos, sin = self.get_buffer("cos")[:s], self.get_buffer("sin")[:s]
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, cos, sin)
