@@ -170,26 +170,38 @@ def install_rbac(cluster: clusterlib.Cluster, tmp_path: Path, release_ns: str,
 
 NOT_ALLOWED_ANYWHERE = [
     ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
-    ("delete", "nodes"), ("patch", "nodes"), ("create", "pods"), ("delete", "pods"), ("create", "pods/exec"),
+    ("delete", "nodes"), ("patch", "nodes"), ("create", "pods"), ("delete", "pods"), ("get", "pods"),
+    ("create", "pods/exec"), ("get", "pods/log"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "serviceaccounts/token"), ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"), ("delete", "namespaces"),
+    # The experiments are the user's: never created, changed or deleted by the operator.
     ("create", "datamixtureexperiments.datamix.io"), ("delete", "datamixtureexperiments.datamix.io"),
-    ("update", "datamixtureexperiments.datamix.io"), ("update", "configmaps"), ("patch", "configmaps"),
-    ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"),
+    ("update", "datamixtureexperiments.datamix.io"), ("patch", "datamixtureexperiments.datamix.io"),
+    ("update", "datamixtureexperiments.datamix.io/status"),
+    ("update", "datamixtureexperiments.datamix.io/finalizers"),
+    ("update", "configmaps"), ("patch", "configmaps"), ("watch", "configmaps"),
+    ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"), ("patch", "events"),
 ]
 ALLOWED_IN_WATCHED = [
-    ("watch", "datamixtureexperiments.datamix.io"), ("patch", "datamixtureexperiments.datamix.io"),
-    ("patch", "datamixtureexperiments.datamix.io/status"), ("update", "datamixtureexperiments.datamix.io/status"),
-    ("create", "configmaps"), ("delete", "configmaps"), ("create", "pytorchjobs.kubeflow.org"),
-    ("patch", "pytorchjobs.kubeflow.org"), ("delete", "pytorchjobs.kubeflow.org"), ("list", "pods"),
-    ("create", "events"), ("create", "events.events.k8s.io"),
+    ("get", "datamixtureexperiments.datamix.io"), ("list", "datamixtureexperiments.datamix.io"),
+    ("watch", "datamixtureexperiments.datamix.io"), ("patch", "datamixtureexperiments.datamix.io/status"),
+    ("get", "configmaps"), ("list", "configmaps"), ("create", "configmaps"), ("delete", "configmaps"),
+    ("get", "pytorchjobs.kubeflow.org"), ("list", "pytorchjobs.kubeflow.org"),
+    ("watch", "pytorchjobs.kubeflow.org"), ("create", "pytorchjobs.kubeflow.org"),
+    ("patch", "pytorchjobs.kubeflow.org"), ("delete", "pytorchjobs.kubeflow.org"),
+    ("list", "pods"), ("watch", "pods"), ("create", "events"),
 ]
 ALLOWED_CLUSTER_READS = [
-    ("list", "customresourcedefinitions.apiextensions.k8s.io"), ("watch", "namespaces"),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("list", "namespaces"), ("watch", "namespaces"),
 ]
+NOT_ALLOWED_CLUSTER = [("get", "customresourcedefinitions.apiextensions.k8s.io"), ("get", "namespaces"),
+                       ("list", "nodes"), ("list", "clusterroles.rbac.authorization.k8s.io")]
 
 
 def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster, k8s_client: Any,
@@ -214,6 +226,8 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
             table.append((verb, resource, "*", can_i(cluster, kubeconfig, verb, resource, "*"), False))
         for verb, resource in ALLOWED_CLUSTER_READS:
             table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), True))
+        for verb, resource in NOT_ALLOWED_CLUSTER:
+            table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), False))
         wrong = [row for row in table if row[3] != row[4]]
         assert not wrong, "kubectl auth can-i (verb, resource, namespace, got, expected):\n" + \
             "\n".join(map(str, wrong))
@@ -315,6 +329,8 @@ def test_clusterwide_rbac_can_i_table(cluster: clusterlib.Cluster, crd_installed
             table.append((verb, resource, "*", can_i(cluster, kubeconfig, verb, resource, "*"), True))
         for verb, resource in ALLOWED_CLUSTER_READS:
             table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), True))
+        for verb, resource in NOT_ALLOWED_CLUSTER:
+            table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), False))
         table.append(("get", "secrets", "*", can_i(cluster, kubeconfig, "get", "secrets", "*"), False))
         wrong = [row for row in table if row[3] != row[4]]
         assert not wrong, "kubectl auth can-i (verb, resource, namespace, got, expected):\n" + \

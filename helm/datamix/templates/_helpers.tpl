@@ -55,42 +55,49 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-RBAC rules of the operator in the namespaces it watches. Keep in step with docs/operator.md
-(the operator's API usage); tests/ship/test_rbac_e2e.py runs the operator's scenario under them.
+RBAC rules of the operator in the namespaces it watches: exactly the "needed" verbs of
+docs/operator.md ("RBAC: every API call it makes"). tests/ship/test_rbac_e2e.py runs the
+operator's scenario under them and checks with `kubectl auth can-i` that nothing else is granted.
 */}}
 {{- define "datamix.namespacedRules" -}}
-# The experiments: watched, and patched only for kopf's own annotations (progress, last-handled).
+# The experiments: kopf's watch, the reconciler's get, the resync's list. The operator never
+# writes the user's spec; kopf keeps no annotations on them (event handlers only).
 - apiGroups: [datamix.io]
   resources: [datamixtureexperiments]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [datamix.io]
   resources: [datamixtureexperiments/status]
-  verbs: [get, patch, update]
-# The run spec ConfigMap of each run (created, and deleted when a run is retired).
+  verbs: [patch]
+{{- if .Values.rbac.ownerReferencesPermissionEnforcement }}
+# Owner references with blockOwnerDeletion on clusters that enforce them (OpenShift).
+- apiGroups: [datamix.io]
+  resources: [datamixtureexperiments/finalizers]
+  verbs: [update]
+{{- end }}
+# The run spec ConfigMap of each run: create-or-get, and deleted when its run is retired.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, create, delete]
+# The run's job: create-or-get, runPolicy.suspend, retirement, and kopf's watch of its status.
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
   verbs: [get, list, watch, create, patch, delete]
 # Read-only: the master pod's termination message carries the run result.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 
-{{/* Cluster-scoped reads kopf needs at start-up and to follow namespaces and CRDs. */}}
+{{/* Cluster-scoped reads kopf needs: it discovers the served resources and notices CRDs
+installed later, and observes namespaces. */}}
 {{- define "datamix.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 {{- end }}
