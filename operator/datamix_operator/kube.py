@@ -199,7 +199,10 @@ class ClientKube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return self._request("GET", self._jobs(namespace, name))  # type: ignore[no-any-return]
-        except NotFound:
+        except NotFound as err:
+            if err.body.get("reason") != "NotFound":
+                # not a Status about a missing object: the API server serves no such resource
+                raise ResourceMissing(404, self._missing()) from err
             return None
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:

@@ -135,7 +135,7 @@ async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: Clie
                     continue
                 for item in items:
                     meta = item.get("metadata") or {}
-                    await loop.run_in_executor(pool, reconciler.reconcile, meta["namespace"], meta["name"])
+                    await loop.run_in_executor(pool, reconciler.reconcile, meta["namespace"], meta["name"], True)
 
 
 def run(config: OperatorConfig) -> None:

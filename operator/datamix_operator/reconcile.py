@@ -18,6 +18,7 @@ Calls are serialised per experiment (a lock), so concurrent triggers cannot inte
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -122,6 +123,8 @@ class Reconciler:
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion our last status patch produced
         self._job_seen: dict[tuple[str, str], str] = {}
         self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
+        self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
+        self._rendered: dict[tuple[str, str], tuple[tuple[str, int], Any]] = {}
 
     # ------------------------------------------------------------------------------------------
     # triggers
@@ -149,11 +152,16 @@ class Reconciler:
             self._masters.pop(meta.get("uid", ""), None)
         else:
             self._job_seen[key] = seen
-        self.reconcile(namespace, experiment)
+        cached = self._rendered.get((namespace, experiment))
+        current_job = cached[1][2].job if cached is not None else None
+        # a job that is not the current run's: look for all of them (retire what is stale)
+        self.reconcile(namespace, experiment, full=not deleted and meta.get("name") != current_job)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._written.pop(key, None)
+        self._listed.discard(key)
+        self._rendered.pop(key, None)
         self._failures.pop(key, None)
         with self._locks_guard:
             lock = self._locks.get(key)
@@ -184,12 +192,13 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------
     # the reconciliation
 
-    def reconcile(self, namespace: str, name: str) -> None:
+    def reconcile(self, namespace: str, name: str, full: bool = False) -> None:
+        """Reconcile one experiment; `full` also looks for jobs of earlier runs (the resync)."""
         key = (namespace, name)
         with self._lock(key):
             started = time.monotonic()
             try:
-                retry = self._reconcile(namespace, name)
+                retry = self._reconcile(namespace, name, full)
                 self._failures.pop(key, None)
             except Exception as err:
                 self.metrics.reconcile_errors.inc()
@@ -205,7 +214,7 @@ class Reconciler:
         if retry is not None:
             self.schedule(namespace, name, retry)
 
-    def _reconcile(self, namespace: str, name: str) -> float | None:
+    def _reconcile(self, namespace: str, name: str, full: bool = False) -> float | None:
         """One step; returns the delay of a retry the situation asks for (None: none)."""
         kube = self.kube
         exp = kube.get_experiment(namespace, name)
@@ -225,25 +234,37 @@ class Reconciler:
         configmap: dict[str, Any] | None = None
         job_body: dict[str, Any] | None = None
         try:
-            configmap, job_body = render_children(exp, namespace, trainer_image_default=self.trainer_image)
-            run = RunInfo(
-                id=configmap["metadata"]["labels"][LABEL_RUN],
-                config_map=configmap["metadata"]["name"],
-                job=job_body["metadata"]["name"],
-                spec=RunSpec.from_json(configmap["data"][RUN_SPEC_KEY]),
-            )
+            configmap, job_body, run = self._render(namespace, exp)
         except (UserError, RunSpecError) as err:
             stall = Stall(INVALID_SPEC, str(err))
         valid = run is not None
 
-        # 2. the jobs that exist (ours: labelled and owned by this experiment)
+        # 2. the jobs that exist (ours: labelled and owned by this experiment). Listing them all
+        # finds jobs of earlier runs; it is needed only when the run changed, after a restart of
+        # the operator, and in the resync. Otherwise a GET of the current run's job is enough
+        # (a LIST makes the API server filter every job of the namespace).
+        recorded_run = (old_status.get("run") or {}).get("id")
+        must_list = (
+            full
+            or run is None
+            or (recorded_run is not None and recorded_run != run.id)
+            or (bool(old_status) and (namespace, name) not in self._listed)
+        )
+        if not old_status:
+            self._listed.add((namespace, name))  # a new experiment: no earlier runs to look for
         jobs: dict[str, dict[str, Any]] | None
         try:
-            jobs = {
-                j["metadata"]["name"]: j
-                for j in kube.list_jobs(namespace, experiment_selector(name))
-                if owned_by(j, uid)
-            }
+            if must_list:
+                jobs = {
+                    j["metadata"]["name"]: j
+                    for j in kube.list_jobs(namespace, experiment_selector(name))
+                    if owned_by(j, uid)
+                }
+                self._listed.add((namespace, name))
+            else:
+                assert run is not None
+                current = kube.get_job(namespace, run.job)
+                jobs = {run.job: current} if current is not None and owned_by(current, uid) else {}
         except ResourceMissing as err:
             jobs = None
             stall = stall or Stall(
@@ -323,6 +344,25 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------
     # steps
+
+    def _render(self, namespace: str, exp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], RunInfo]:
+        """The current run's children, cached per experiment UID and generation (the spec, and
+        so the rendering, changes only with the generation)."""
+        meta = exp["metadata"]
+        version = (meta["uid"], int(meta.get("generation") or 0))
+        cached = self._rendered.get((namespace, meta["name"]))
+        if cached is not None and cached[0] == version:
+            configmap, job_body, run = cached[1]
+        else:
+            configmap, job_body = render_children(exp, namespace, trainer_image_default=self.trainer_image)
+            run = RunInfo(
+                id=configmap["metadata"]["labels"][LABEL_RUN],
+                config_map=configmap["metadata"]["name"],
+                job=job_body["metadata"]["name"],
+                spec=RunSpec.from_json(configmap["data"][RUN_SPEC_KEY]),
+            )
+            self._rendered[(namespace, meta["name"])] = (version, (configmap, job_body, run))
+        return copy.deepcopy(configmap), copy.deepcopy(job_body), run
 
     def _create_children(
         self, namespace: str, exp: dict[str, Any], configmap: dict[str, Any], job: dict[str, Any]

@@ -171,6 +171,9 @@ class FakeKube:
         return self._create("job", namespace, body)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get_job", name))
+        if self.crd_missing:
+            raise ResourceMissing(404, "the API server does not serve pytorchjobs.kubeflow.org/v1")
         obj = self.objects.get(("job", namespace, name))
         return copy.deepcopy(obj) if obj else None
 

@@ -3,6 +3,7 @@ change, new runs and retirement, suspend, stalls, retries."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -68,7 +69,7 @@ def test_reconciling_again_writes_nothing() -> None:
     for _ in range(3):
         rec.reconcile("ns", "mix-a")
     assert kube.experiment()["metadata"]["resourceVersion"] == rv
-    assert {c for c, _ in kube.calls} <= {"get_experiment", "list_jobs"}, kube.calls
+    assert [c for c, _ in kube.calls] == ["get_experiment", "get_job"] * 3, "a GET, not a LIST, of the job"
 
 
 def test_echo_of_our_own_status_write_is_skipped() -> None:
@@ -339,3 +340,41 @@ def test_crash_points_are_known(point: str) -> None:
     from datamix_operator.reconcile import CRASH_POINTS
 
     assert point in CRASH_POINTS
+
+
+def test_a_restarted_operator_retires_a_job_recorded_but_not_deleted() -> None:
+    """The operator died between recording the old run and deleting its job (crash point
+    run-recorded): the first reconcile of the next process lists the jobs and retires it."""
+    kube, rec, _ = make()
+    kube.apply(manifest())
+    rec.reconcile("ns", "mix-a")
+    old = kube.jobs()[0]["metadata"]["name"]
+    edited = manifest()
+    edited["spec"]["training"]["trainSamples"] = 3200
+    kube.apply(edited)
+    real_delete = kube.delete_job
+    kube.delete_job = lambda ns, name: None  # type: ignore[method-assign]  # "crash" before deleting
+    rec.reconcile("ns", "mix-a")
+    kube.delete_job = real_delete  # type: ignore[method-assign]
+    assert len(kube.jobs()) == 2
+    rec.reconcile("ns", "mix-a")
+    assert len(kube.jobs()) == 2, "the same process does not list again for an unchanged run"
+    _, restarted, _ = make(kube)
+    restarted.reconcile("ns", "mix-a")
+    assert [j["metadata"]["name"] for j in kube.jobs()] != [old] and len(kube.jobs()) == 1
+    assert kube.experiment()["status"]["previousRuns"][0]["job"] == old
+
+
+def test_resync_lists_jobs_and_retires_orphans() -> None:
+    kube, rec, _ = make()
+    kube.apply(manifest())
+    rec.reconcile("ns", "mix-a")
+    orphan = copy.deepcopy(kube.jobs()[0])
+    orphan["metadata"]["name"] = "mix-a-0rphan00"
+    orphan["metadata"]["labels"]["datamix.io/run"] = "0rphan00"
+    kube.objects[("job", "ns", "mix-a-0rphan00")] = orphan
+    rec.reconcile("ns", "mix-a")
+    assert len(kube.jobs()) == 2
+    rec.reconcile("ns", "mix-a", full=True)
+    assert len(kube.jobs()) == 1
+    assert kube.experiment()["status"]["previousRuns"][0]["id"] == "0rphan00"
