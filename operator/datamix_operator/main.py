@@ -32,7 +32,7 @@ from datamix import GROUP, PLURAL, VERSION
 from datamix_operator.config import OperatorConfig
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
 from datamix_operator.metrics import Metrics, serve
-from datamix_operator.reconcile import REPLICA_TYPE_LABEL, Reconciler
+from datamix_operator.reconcile import REPLICA_TYPE_LABEL, EventPoster, Reconciler
 from datamix_operator.render import LABEL_EXPERIMENT, LABEL_MANAGED_BY, MANAGED_BY
 
 log = logging.getLogger("datamix_operator")
@@ -97,7 +97,7 @@ def build_registry(config: OperatorConfig, reconciler: Reconciler, kube: ClientK
         if namespace is None:
             return
         reconciler.on_experiment(
-            namespace, name, body.metadata.get("resourceVersion"), deleted=(type == "DELETED")
+            namespace, name, body.metadata.get("resourceVersion"), deleted=(type == "DELETED"), body=body
         )
 
     @kopf.on.event(job_api.group, job_api.version, job_api.plural, id="job", labels=ours, registry=registry)
@@ -155,6 +155,7 @@ def run(config: OperatorConfig) -> None:
         trainer_image=config.trainer_image,
         metrics=metrics,
         crd_retry_seconds=config.crd_retry_seconds,
+        post_event=EventPoster(kube).post,
         instance=os.environ.get("POD_NAME") or socket.gethostname(),
     )
     if config.metrics_port:

@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -107,6 +108,7 @@ class Reconciler:
         error_retry_seconds: float = 2.0,
         schedule: Callable[[str, str, float], None] | None = None,
         instance: str = "datamix-operator",
+        post_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.kube = kube
         self.trainer_image = trainer_image
@@ -116,6 +118,7 @@ class Reconciler:
         self.error_retry_seconds = error_retry_seconds
         self.schedule = schedule or self._schedule_with_timer
         self.instance = instance
+        self.post_event = post_event or self._post_event_now
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._failures: dict[tuple[str, str], int] = {}
@@ -129,14 +132,24 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------
     # triggers
 
-    def on_experiment(self, namespace: str, name: str, resource_version: str | None, deleted: bool = False) -> None:
+    def on_experiment(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        deleted: bool = False,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
         key = (namespace, name)
         if deleted:
             self.forget(namespace, name)
             return
         if resource_version and self._written.get(key) == resource_version:
             return  # the echo of our own status write
-        self.reconcile(namespace, name)
+        # A new experiment (no status, never written by us): the event's body is as fresh as a
+        # GET would be, and saves a round trip on the way to its job.
+        fresh = body is not None and not body.get("status") and key not in self._written
+        self.reconcile(namespace, name, new=copy.deepcopy(dict(body)) if fresh and body is not None else None)
 
     def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> None:
         meta = job.get("metadata") or {}
@@ -192,13 +205,16 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------
     # the reconciliation
 
-    def reconcile(self, namespace: str, name: str, full: bool = False) -> None:
-        """Reconcile one experiment; `full` also looks for jobs of earlier runs (the resync)."""
+    def reconcile(
+        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
+    ) -> None:
+        """Reconcile one experiment; `full` also looks for jobs of earlier runs (the resync);
+        `new`: the body of a just-created experiment (instead of a GET)."""
         key = (namespace, name)
         with self._lock(key):
             started = time.monotonic()
             try:
-                retry = self._reconcile(namespace, name, full)
+                retry = self._reconcile(namespace, name, full, new if key not in self._written else None)
                 self._failures.pop(key, None)
             except Exception as err:
                 self.metrics.reconcile_errors.inc()
@@ -214,10 +230,12 @@ class Reconciler:
         if retry is not None:
             self.schedule(namespace, name, retry)
 
-    def _reconcile(self, namespace: str, name: str, full: bool = False) -> float | None:
+    def _reconcile(
+        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
+    ) -> float | None:
         """One step; returns the delay of a retry the situation asks for (None: none)."""
         kube = self.kube
-        exp = kube.get_experiment(namespace, name)
+        exp = new if new is not None else kube.get_experiment(namespace, name)
         if exp is None:
             self.forget(namespace, name)
             return None
@@ -261,6 +279,8 @@ class Reconciler:
                     if owned_by(j, uid)
                 }
                 self._listed.add((namespace, name))
+            elif not old_status:
+                jobs = {}  # a new experiment: create right away (409 AlreadyExists -> adopt)
             else:
                 assert run is not None
                 current = kube.get_job(namespace, run.job)
@@ -484,10 +504,37 @@ class Reconciler:
             "lastTimestamp": now,
             "count": 1,
         }
+        self.post_event(meta["namespace"], body)
+
+    def _post_event_now(self, namespace: str, body: dict[str, Any]) -> None:
         try:
-            self.kube.create_event(meta["namespace"], body)
+            self.kube.create_event(namespace, body)
         except KubeError as err:  # events are auxiliary; conditions carry the same information
-            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], err)
+            log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
+
+
+class EventPoster:
+    """Posts Events from a background thread, so that reconciliations do not wait for them."""
+
+    def __init__(self, kube: KubeApi, max_queue: int = 10000) -> None:
+        self.kube = kube
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(max_queue)
+        self.thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
+        self.thread.start()
+
+    def post(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait((namespace, body))
+        except queue.Full:
+            log.warning("event queue full: dropped event %s", body.get("reason"))
+
+    def _run(self) -> None:
+        while True:
+            namespace, body = self.queue.get()
+            try:
+                self.kube.create_event(namespace, body)
+            except KubeError as err:
+                log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
 
 
 def _newest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -378,3 +378,14 @@ def test_resync_lists_jobs_and_retires_orphans() -> None:
     rec.reconcile("ns", "mix-a", full=True)
     assert len(kube.jobs()) == 1
     assert kube.experiment()["status"]["previousRuns"][0]["id"] == "0rphan00"
+
+
+def test_a_new_experiment_gets_its_job_in_two_calls() -> None:
+    kube, rec, _ = make()
+    body = kube.apply(manifest())
+    rec.on_experiment("ns", "mix-a", body["metadata"]["resourceVersion"], body=body)
+    assert [c for c, _ in kube.calls] == ["create_configmap", "create_job", "patch_status"]
+    # an event of an experiment with a status is read afresh
+    kube.calls.clear()
+    rec.on_experiment("ns", "mix-a", "stale", body=kube.experiment())
+    assert kube.calls[0] == ("get_experiment", "mix-a")
