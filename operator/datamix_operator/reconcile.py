@@ -80,6 +80,14 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
+def crd_missing(err: ResourceMissing) -> Stall:
+    return Stall(
+        CRD_MISSING,
+        f"{err.args[0].split(': ', 1)[-1]}: install the Kubeflow training-operator (its PyTorchJob CRD); "
+        "the operator retries",
+    )
+
+
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(
         ref.get("uid") == uid and ref.get("controller")
@@ -287,11 +295,7 @@ class Reconciler:
                 jobs = {run.job: current} if current is not None and owned_by(current, uid) else {}
         except ResourceMissing as err:
             jobs = None
-            stall = stall or Stall(
-                CRD_MISSING,
-                f"{err.args[0] if err.args else err}: install the Kubeflow training-operator "
-                "(its PyTorchJob CRD); the operator retries",
-            )
+            stall = stall or crd_missing(err)
             retry = self.crd_retry_seconds
         if not valid and old_status.get("run"):
             run = self._recorded_run(namespace, old_status["run"])  # keep following the last valid run
@@ -304,7 +308,7 @@ class Reconciler:
                 try:
                     live = self._create_children(namespace, exp, configmap, job_body)
                 except ResourceMissing as err:
-                    stall = Stall(CRD_MISSING, f"{err}: install the Kubeflow training-operator; the operator retries")
+                    stall = crd_missing(err)
                     retry = self.crd_retry_seconds
                 except Conflict as err:
                     stall = Stall(CHILD_CONFLICT, str(err))

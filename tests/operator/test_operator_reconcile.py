@@ -389,3 +389,14 @@ def test_a_new_experiment_gets_its_job_in_two_calls() -> None:
     kube.calls.clear()
     rec.on_experiment("ns", "mix-a", "stale", body=kube.experiment())
     assert kube.calls[0] == ("get_experiment", "mix-a")
+
+
+def test_missing_crd_message_is_the_same_from_create_and_from_get() -> None:
+    kube, rec, _ = make()
+    kube.crd_missing = True
+    body = kube.apply(manifest())
+    rec.on_experiment("ns", "mix-a", None, body=body)  # the create path
+    rv = kube.experiment()["metadata"]["resourceVersion"]
+    rec.reconcile("ns", "mix-a")  # the GET path
+    rec.reconcile("ns", "mix-a", full=True)  # the LIST path
+    assert kube.experiment()["metadata"]["resourceVersion"] == rv
