@@ -328,7 +328,9 @@ def test_clusterwide_rbac_can_i_table(cluster: clusterlib.Cluster, crd_installed
             table.append((verb, resource, ns_any, can_i(cluster, kubeconfig, verb, resource, ns_any), True))
             table.append((verb, resource, "*", can_i(cluster, kubeconfig, verb, resource, "*"), True))
         for verb, resource in ALLOWED_CLUSTER_READS:
-            table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), True))
+            # Cluster-wide, kopf does not observe namespaces: only the CRD reads are granted.
+            expected = not resource.startswith("namespaces")
+            table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), expected))
         for verb, resource in NOT_ALLOWED_CLUSTER:
             table.append((verb, resource, "", can_i(cluster, kubeconfig, verb, resource), False))
         table.append(("get", "secrets", "*", can_i(cluster, kubeconfig, "get", "secrets", "*"), False))

@@ -92,11 +92,15 @@ operator's scenario under them and checks with `kubectl auth can-i` that nothing
 {{- end }}
 
 {{/* Cluster-scoped reads kopf needs: it discovers the served resources and notices CRDs
-installed later, and observes namespaces. */}}
-{{- define "datamix.clusterRules" -}}
+installed later. */}}
+{{- define "datamix.crdRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+{{- end }}
+
+{{/* Watching given namespaces, kopf also observes namespaces (cluster-wide it needs not). */}}
+{{- define "datamix.namespaceRules" -}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
