@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from datamix.errors import UserError
 from datamix.runspec import RunResult, RunSpec
 from datamix_trainer import distributed as dist
 from datamix_trainer.checkpoint import Checkpointer
@@ -176,6 +177,13 @@ class Trainer:
             paths.root.mkdir(parents=True, exist_ok=True)
             paths.run_spec.write_text(spec.to_json() + "\n")
 
+        # The endpoint comes up first, so that a long index build shows as a live target.
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        self.metrics = TrainerMetrics(spec, peak_flops(spec, device_name))
+        if env.is_local_main and settings.metrics_port is not None:
+            port = self.metrics.serve(settings.metrics_port)
+            print(f"metrics: serving Prometheus metrics on port {port} (/metrics)", flush=True)
+
         # Same seed on every rank: identical initial weights (DDP would broadcast them anyway).
         random.seed(spec.training.seed)
         np.random.seed(spec.training.seed)
@@ -206,11 +214,6 @@ class Trainer:
         self.checkpointer.remove_partial()
         self.resume()
 
-        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-        self.metrics = TrainerMetrics(spec, peak_flops(spec, device_name))
-        if env.is_local_main and settings.metrics_port is not None:
-            port = self.metrics.serve(settings.metrics_port)
-            print(f"metrics: serving Prometheus metrics on port {port} (/metrics)", flush=True)
         self.metrics.start(self.state.consumed_samples, plan.total_samples, self.state.tokens)
         if any(v is not None for v in self.state.validation):
             self.metrics.evaluation(self.state.validation)
@@ -243,7 +246,10 @@ class Trainer:
         state = self.checkpointer.load(checkpoint, self.device)
         saved = state["trainer"]
         if saved.get("run") != self.spec.run:
-            raise RuntimeError(f"checkpoint {checkpoint.path} belongs to run {saved.get('run')}, not {self.spec.run}")
+            raise UserError(
+                f"output.path: {checkpoint.path} belongs to run {saved.get('run')}, not {self.spec.run}; "
+                "give each run its own output directory"
+            )
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
