@@ -29,6 +29,7 @@ from operator_e2e import (
     condition,
     e2e_manifest,
     get_experiment,
+    http_get,
     kubectl_apply,
     lifecycle_scenario,
     list_configmaps,
@@ -373,3 +374,15 @@ def test_the_metrics_endpoint_serves_the_operators_metrics(
     assert re.search(r"^datamix_operator_reconcile_errors_total \d", metrics, re.M)
     assert _reconcile_count(metrics) > 0
     assert 'datamix_operator_reconcile_duration_seconds_bucket{le="0.1"}' in metrics
+
+
+def test_json_logs_and_the_liveness_endpoint(
+    cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    op = start_operator([namespace], extra_args=["--log-format", "json"])
+    kubectl_apply(cluster, namespace, e2e_manifest("logged", pool=gpu_pool, duration="1s"))
+    wait_phase(k8s_client, namespace, "logged", "Succeeded", op=op)
+    assert http_get(f"http://127.0.0.1:{op.liveness_port}/healthz")[0] == 200
+    lines = [line for line in op.log_path.read_text().splitlines() if line and not line.startswith("###")]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any("created PyTorchJob" in r.get("message", "") for r in records), records
