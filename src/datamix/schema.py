@@ -46,10 +46,12 @@ def boolean(description: str) -> Schema:
 
 
 def quantity(description: str) -> Schema:
+    # The structural form of int-or-string: the pattern sits beside anyOf, not in a branch.
     return {
         "description": description,
         "x-kubernetes-int-or-string": True,
-        "anyOf": [{"type": "integer"}, {"type": "string", "pattern": QUANTITY}],
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY,
     }
 
 
@@ -513,30 +515,34 @@ STATUS = obj(
 
 
 def crd_manifest() -> Schema:
+    # CRDs may constrain only metadata.name (and generateName); the rules sit on the name itself.
+    name = string(
+        "Experiment name; it prefixes every child's name.",
+        **{
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self.size() <= {MAX_NAME_LENGTH}",
+                    "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that child names "
+                    "(name-<run id>-worker-NN) fit in 63",
+                },
+                {
+                    "rule": "self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                    "message": "metadata.name must start with a letter and contain only lowercase letters, "
+                    "digits and '-' (a DNS-1035 label), because it names Services of the training job",
+                },
+            ]
+        },
+    )
     root = obj(
         "A data mixture experiment: one model trained on a weighted blend of datasets.",
         {
             "apiVersion": string("API version."),
             "kind": string("Kind."),
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object", "properties": {"name": name}},
             "spec": SPEC,
             "status": STATUS,
         },
         required=("spec",),
-        rules=(
-            (
-                f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-                f"metadata.name must be at most {MAX_NAME_LENGTH} characters so that child names "
-                "(name-<run id>-worker-NN) fit in 63",
-                ".metadata.name",
-            ),
-            (
-                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
-                "metadata.name must start with a letter and contain only lowercase letters, digits and '-' "
-                "(a DNS-1035 label), because it names Services of the training job",
-                ".metadata.name",
-            ),
-        ),
     )
     columns = [
         ("Phase", "string", ".status.phase", "Phase of the current run."),

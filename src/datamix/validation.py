@@ -181,16 +181,9 @@ def _check_scalar(value: Any, schema: Schema, path: str, problems: list[Problem]
                     f"Invalid value: {shown}: {where} in body should be at least {schema['minLength']} chars long",
                 )
             )
-        pattern = schema.get("pattern") or _int_or_string_pattern(schema)
+        pattern = schema.get("pattern")
         if pattern and not re.search(pattern, value):
             problems.append(Problem(where, f"Invalid value: {shown}: {where} in body should match '{pattern}'"))
-
-
-def _int_or_string_pattern(schema: Schema) -> str | None:
-    for alternative in schema.get("anyOf", []):
-        if alternative.get("type") == "string" and "pattern" in alternative:
-            return str(alternative["pattern"])
-    return None
 
 
 def _show(value: Any) -> str:
