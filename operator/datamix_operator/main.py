@@ -50,6 +50,12 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.execution.max_workers = config.workers
     settings.peering.standalone = True
     settings.peering.clusterwide = config.clusterwide
+    # Watch only what the operator made, filtered by the API server: the operator's jobs, and of
+    # all the pods in the namespace only its master pods.
+    ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    job_api = config.job_api
+    settings.watching.label_selectors[job_api.group, job_api.version, job_api.plural] = ours
+    settings.watching.label_selectors["v1", "pods"] = f"{ours},{REPLICA_TYPE_LABEL}=master"
     return settings
 
 
