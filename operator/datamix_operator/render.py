@@ -106,25 +106,6 @@ def quantity_mib(value: int | str) -> int:
     return math.ceil(quantity_bytes(value) / _SUFFIXES["Mi"])
 
 
-def canonical_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest as the API server returns it: integral floats (`weight: 2.0`) become ints.
-
-    The API server decodes a custom resource's JSON numbers into int64 when they are integral and
-    re-encodes float64 2.0 as `2`, so a manifest read back from the cluster never holds 2.0. The run
-    id hashes the spec: without this, a file with `2.0` would render another run than the operator."""
-    return _canonical_numbers(copy.deepcopy(manifest))  # type: ignore[no-any-return]
-
-
-def _canonical_numbers(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _canonical_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical_numbers(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    return value
-
-
 def child_labels(manifest: dict[str, Any]) -> dict[str, str]:
     """The project's own labels; never the parent's (Argo CD would prune children carrying its
     tracking label)."""
@@ -166,7 +147,6 @@ def child_metadata(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
 
 def render_configmap(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
     """The ConfigMap holding the run spec that every trainer process reads."""
-    manifest = canonical_manifest(manifest)
     spec = build_run_spec(manifest, namespace=namespace)
     return {
         "apiVersion": "v1",
@@ -289,7 +269,9 @@ def _pod_template(manifest: dict[str, Any], *, trainer_image_default: str) -> di
         "resources": _container_resources(resources),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-        "terminationMessagePolicy": "File",
+        # The trainer writes its run result to the file; a trainer that dies first leaves its
+        # last log lines instead, so the experiment's Failed message says why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if not container["resources"]:
         del container["resources"]
@@ -328,7 +310,6 @@ def render_pytorchjob(
     manifest: dict[str, Any], namespace: str, *, trainer_image_default: str = DEFAULT_TRAINER_IMAGE
 ) -> dict[str, Any]:
     """The Kubeflow PyTorchJob of the manifest's current run: Master 1 + Workers nodes-1."""
-    manifest = canonical_manifest(manifest)
     spec = manifest["spec"]
     resources = spec["resources"]
     nodes = int(resources["nodes"])

@@ -162,6 +162,10 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
             message += f"; the master exited with code {terminated['exitCode']}"
             if terminated.get("reason"):
                 message += f" ({terminated['reason']})"
+            # FallbackToLogsOnError: a failed trainer's last log lines are its termination message.
+            last_words = (terminated.get("message") or "").strip().splitlines()[-3:]
+            if last_words:
+                message += ": " + " / ".join(line.strip() for line in last_words)
         return RunState(
             "Failed", JOB_FAILED, _clip(message), start_time=start, completion_time=completion
         )

@@ -39,7 +39,7 @@ _VALID: dict[str, Any] = {
         "resources": {
             "nodes": 2,
             "gpusPerNode": 8,
-            "gpu": {"products": ["NVIDIA-H100-80GB-HBM3"], "minMemory": "80Gi"},
+            "gpu": {"products": ["NVIDIA-H100-80GB-HBM3"], "minMemory": "80G"},
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         },
         "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}],

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 from datamix_operator.render import (
-    canonical_manifest,
     quantity_mib,
     render_children,
     render_pytorchjob,
@@ -34,7 +33,7 @@ def test_children_are_configmap_then_job_with_the_same_deterministic_name() -> N
     cm, job = render_children(manifest(), "ns", trainer_image_default="trainer:test")
     assert [cm["kind"], job["kind"]] == ["ConfigMap", "PyTorchJob"]
     assert job["apiVersion"] == "kubeflow.org/v1"
-    rid = run_id(canonical_manifest(manifest()))
+    rid = run_id(manifest())
     assert cm["metadata"]["name"] == job["metadata"]["name"] == f"mix-a-{rid}"
     assert cm["metadata"]["labels"] == job["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "datamix-operator",
@@ -92,7 +91,7 @@ def test_container() -> None:
     assert c["ports"] == [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     assert c["resources"] == {"requests": {"cpu": "8", "memory": "64Gi"},
                               "limits": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "8"}}
-    assert c["terminationMessagePolicy"] == "File"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     mounts = {v["name"]: v for v in c["volumeMounts"]}
     assert mounts["run-spec"] == {"name": "run-spec", "mountPath": RUN_SPEC_MOUNT_DIR, "readOnly": True}
     assert mounts["data"] == {"name": "data", "mountPath": "/data", "readOnly": True}
