@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from datamix_operator import commands as operator_commands
+from datamix_trainer import commands as trainer_commands
 
-from datamix.errors import UserError
+from datamix.errors import UserError, run_command
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -99,25 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="update crds/ and the Helm chart's copy")
     p.set_defaults(func=cmd_crd)
 
-    for module in ("datamix_trainer.commands", "datamix_operator.commands"):
-        try:
-            register = __import__(module, fromlist=["register"]).register
-        except ImportError:
-            continue  # that part is not installed in this image
-        register(sub)
+    # Both import neither torch nor kopf at module level, so every image lists every command.
+    trainer_commands.register(sub)
+    operator_commands.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

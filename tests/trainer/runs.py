@@ -8,11 +8,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from datamix_trainer.local_run import local_train_command
 
 from datamix.experiment import build_run_spec, load_manifest
 from datamix.runspec import RunSpec
@@ -67,21 +68,7 @@ def trainer_env(**extra: str) -> dict[str, str]:
 
 def start_training(spec_path: Path, nproc: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
     """`datamix train` as a pod runs it: under torchrun for several processes, bare for one."""
-    if nproc == 1:
-        command = [sys.executable, "-m", "datamix_trainer", "train", "--run-spec", str(spec_path)]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "datamix_trainer",
-            "train",
-            "--run-spec",
-            str(spec_path),
-        ]
+    command = local_train_command(spec_path, nproc)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")  # noqa: SIM115  (closed by the process's end; the test reads it after)
     return subprocess.Popen(

@@ -161,18 +161,7 @@ def run_local(
     # One thread per process: on a shared or busy machine, OpenMP threads that wait for each
     # other cost far more than they bring to a model this small.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "datamix_trainer",
-        "train",
-        "--run-spec",
-        str(paths.run_spec),
-    ]
+    command = local_train_command(paths.run_spec, nproc)
     launcher_log = paths.logs / "launcher.log"
     launcher_log.parent.mkdir(parents=True, exist_ok=True)
     print(
@@ -224,3 +213,11 @@ def report(paths: RunPaths) -> int:
     print(f"loss curve: {png}")
     print(f"results:    {paths.results}")
     return 0
+
+
+def local_train_command(run_spec: Path, nproc: int) -> list[str]:
+    """`datamix train` on this machine: bare for one process, under torchrun for several."""
+    train = ["-m", "datamix_trainer", "train", "--run-spec", str(run_spec)]
+    if nproc == 1:
+        return [sys.executable, *train]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *train]
