@@ -23,6 +23,7 @@ from datamix.runspec import (
     RUN_SPEC_KEY,
     RUN_SPEC_MOUNT_DIR,
     RUN_SPEC_PATH,
+    TERMINATION_LOG_PATH,
     TRAINER_COMMAND,
 )
 
@@ -54,7 +55,6 @@ BACKOFF_LIMIT = 3
 # Pods stay after the job ends: the master's termination message carries the run result, read
 # once by the operator; the whole job goes away with its run (retired) or its experiment.
 CLEAN_POD_POLICY = "None"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 OUTPUT_VOLUME = "output"
 DATA_VOLUME = "data"
 RUN_SPEC_VOLUME = "run-spec"
@@ -268,7 +268,7 @@ def _pod_template(manifest: dict[str, Any], *, trainer_image_default: str) -> di
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": _container_resources(resources),
         "volumeMounts": mounts,
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePath": TERMINATION_LOG_PATH,
         # The trainer writes its run result to the file; a trainer that dies first leaves its
         # last log lines instead, so the experiment's Failed message says why.
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -20,7 +20,8 @@ from typing import Any
 
 RUN_SPEC_VERSION = "datamix.io/runspec/v1"
 RUN_RESULT_VERSION = 1
-# The kubelet truncates a container's termination message at 4096 bytes.
+# The trainer writes the run result here; the kubelet puts it (at most 4096 bytes) in the pod status.
+TERMINATION_LOG_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 # Name of the run spec's key in the ConfigMap, and where the pods mount it.
 RUN_SPEC_KEY = "runspec.json"

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -238,12 +238,7 @@ def wait_phase(api: Any, namespace: str, name: str, phase: str, timeout: float =
         current = status.get("observedGeneration") == exp["metadata"]["generation"]
         return exp if current and status.get("phase") == phase else None
 
-    try:
-        return wait_for(reached, timeout, interval=0.25, description=f"{namespace}/{name} phase {phase}")
-    except TimeoutError as err:
-        detail = json.dumps(get_experiment(api, namespace, name).get("status"), indent=1)
-        log = f"\noperator log:\n{op.log_tail()}" if op else ""
-        raise AssertionError(f"{err}\nstatus: {detail}{log}") from None
+    return _wait_experiment(api, namespace, name, reached, timeout, f"{namespace}/{name} phase {phase}", op)
 
 
 def wait_condition(api: Any, namespace: str, name: str, ctype: str, reason: str, timeout: float = 90,
@@ -254,8 +249,14 @@ def wait_condition(api: Any, namespace: str, name: str, ctype: str, reason: str,
         ok = c.get("status") == "True" and c.get("reason") == reason
         return exp if ok and c.get("observedGeneration") == exp["metadata"]["generation"] else None
 
+    return _wait_experiment(api, namespace, name, reached, timeout, f"{name} condition {ctype}/{reason}", op)
+
+
+def _wait_experiment(api: Any, namespace: str, name: str, reached: Callable[[], dict[str, Any] | None],
+                     timeout: float, description: str, op: OperatorProcess | None) -> dict[str, Any]:
+    """wait_for, failing with the experiment's status and the operator's log tail."""
     try:
-        return wait_for(reached, timeout, interval=0.25, description=f"{name} condition {ctype}/{reason}")
+        return wait_for(reached, timeout, interval=0.25, description=description)
     except TimeoutError as err:
         detail = json.dumps(get_experiment(api, namespace, name).get("status"), indent=1)
         log = f"\noperator log:\n{op.log_tail()}" if op else ""

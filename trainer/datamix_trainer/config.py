@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datamix.errors import UserError
-from datamix.runspec import METRICS_PORT, RUN_SPEC_ENV, RunSpec, RunSpecError
-
-TERMINATION_LOG = "/dev/termination-log"
+from datamix.runspec import METRICS_PORT, RUN_SPEC_ENV, TERMINATION_LOG_PATH, RunSpec, RunSpecError
 
 
 def load_run_spec(path: str | None) -> RunSpec:
@@ -95,7 +93,7 @@ class TrainerSettings:
     metrics_port: int | None = METRICS_PORT
     """Port of the Prometheus endpoint (`DATAMIX_METRICS_PORT`); 0 picks a free one and prints it;
     `none` or `off` serves none."""
-    termination_log: str = TERMINATION_LOG
+    termination_log: str = TERMINATION_LOG_PATH
     """Where the compact run result goes (`DATAMIX_TERMINATION_LOG`); written only if the file's
     directory exists, as `/dev` does in a pod."""
     keep_checkpoints: int = 3
@@ -122,7 +120,7 @@ class TrainerSettings:
             raise UserError(f"DATAMIX_MODEL: {model!r} is not one of auto, torch, megatron")
         return cls(
             metrics_port=port,
-            termination_log=os.environ.get("DATAMIX_TERMINATION_LOG", TERMINATION_LOG),
+            termination_log=os.environ.get("DATAMIX_TERMINATION_LOG", TERMINATION_LOG_PATH),
             keep_checkpoints=keep,
             model=model,
             data_workers=_env_int("DATAMIX_DATA_WORKERS", 0),

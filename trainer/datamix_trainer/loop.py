@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datamix.errors import UserError
-from datamix.runspec import RunResult, RunSpec
+from datamix.runspec import TERMINATION_LOG_PATH, RunResult, RunSpec
 from datamix_trainer import distributed as dist
 from datamix_trainer.checkpoint import Checkpointer
 from datamix_trainer.config import DistEnv, Plan, RunPaths, TrainerSettings
@@ -472,5 +472,5 @@ def write_result(result: RunResult, paths: RunPaths, termination_log: str) -> No
     tmp.write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
     tmp.replace(paths.results)
     termination = Path(termination_log)
-    if termination.parent.is_dir() and (termination.exists() or termination_log != "/dev/termination-log"):
+    if termination.parent.is_dir() and (termination.exists() or termination_log != TERMINATION_LOG_PATH):
         termination.write_text(result.encode())
