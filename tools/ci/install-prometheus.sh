@@ -42,6 +42,7 @@ if ! apt-get download prometheus >&2 2>"$TMP/err"; then
   apt-get update -qq >&2
   apt-get download prometheus >&2
 fi
+mkdir -p "$CACHE_ROOT"
 rm -rf "$DEST.tmp"
 dpkg -x prometheus_*.deb "$DEST.tmp"
 rm -rf "$DEST"
