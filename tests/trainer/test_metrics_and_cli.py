@@ -20,7 +20,7 @@ def exposition() -> str:
     metrics = TrainerMetrics(spec, peak_flops_per_device=1e12)
     metrics.start(0, 6400, [0] * len(spec.datasets))
     metrics.step(3.2, 1e-3, 0.5, 0.12, 2048, 16, [128] * len(spec.datasets), 1.5e7, 1)
-    metrics.evaluation([3.0, None, *([2.5] * (len(spec.datasets) - 2))])
+    metrics.evaluation([3.0, None, *([2.5] * (len(spec.datasets) - 2))], 40)
     metrics.checkpoint(1.7e9)
     return generate_latest(metrics.registry).decode()
 
@@ -56,7 +56,13 @@ def test_series_carry_only_experiment_run_and_dataset_labels() -> None:
             assert set(sample.labels) <= {"experiment", "run", "dataset", "le"}, sample
     # A dataset without a validation loss exports no series rather than a made-up value.
     validation = {s.labels["dataset"] for s in families["datamix_validation_loss"].samples}
-    assert "docstrings" not in validation and len(validation) == 5
+    assert "docstrings" not in validation
+    assert len(validation) == 5
+    # The step the losses belong to, and the run id on every series (the operator's progress
+    # reader accepts a reading only for its own run).
+    assert [s.value for s in families["datamix_validation_step"].samples] == [40]
+    runs = {s.labels.get("run") for f in families.values() for s in f.samples}
+    assert runs == {quickstart_spec(Path("/data"), Path("/output")).run}
 
 
 def test_trainer_commands_import_without_torch_or_megatron() -> None:

@@ -28,6 +28,7 @@ SINGLE_TRAINING = {"trainSteps": 36, "evalInterval": 100, "checkpointInterval": 
 METRICS = [
     "datamix_train_loss",
     "datamix_validation_loss",
+    "datamix_validation_step",
     "datamix_learning_rate",
     "datamix_grad_norm",
     "datamix_step_duration_seconds",

@@ -216,7 +216,9 @@ class Trainer:
 
         self.metrics.start(self.state.consumed_samples, plan.total_samples, self.state.tokens)
         if any(v is not None for v in self.state.validation):
-            self.metrics.evaluation(self.state.validation)
+            # evaluations run every evalInterval steps and after the last one
+            step, every = self.state.step, spec.training.eval_interval
+            self.metrics.evaluation(self.state.validation, step if step == plan.train_steps else step - step % every)
 
     # Helpers ------------------------------------------------------------------------------------
 
@@ -347,7 +349,7 @@ class Trainer:
         t0 = time.perf_counter()
         losses = self.evaluate()
         self.state.validation = losses
-        self.metrics.evaluation(losses)
+        self.metrics.evaluation(losses, self.state.step)
         self.log(validation_line(self.state.step, self.names, losses) + f" ({time.perf_counter() - t0:.1f}s)")
         self.history(
             {"kind": "eval", "step": self.state.step, "validation_loss": dict(zip(self.names, losses, strict=True))}

@@ -95,6 +95,9 @@ class TrainerMetrics:
             "Each dataset's target share of the mixture (normalised weight, 0-1).",
             per_dataset,
         )
+        self.validation_step = gauge(
+            "datamix_validation_step", "Optimizer step of the last evaluation (the step datamix_validation_loss is of)."
+        )
         self.consumed_samples = gauge("datamix_consumed_samples", "Training samples consumed so far.")
         self.target_samples = gauge("datamix_target_samples", "Training samples the run will consume.")
         self.mfu = (
@@ -155,10 +158,11 @@ class TrainerMetrics:
         if self.mfu is not None and self.peak:
             self.mfu.labels(**labels).set(rate * flops_per_token / (self.peak * devices))
 
-    def evaluation(self, losses: Sequence[float | None]) -> None:
+    def evaluation(self, losses: Sequence[float | None], step: int) -> None:
         for name, loss in zip(self.names, losses, strict=True):
             if loss is not None:
                 self.validation_loss.labels(**self.run_labels, dataset=name).set(loss)
+        self.validation_step.labels(**self.run_labels).set(step)
 
     def checkpoint(self, timestamp: float) -> None:
         self.last_checkpoint.labels(**self.run_labels).set(timestamp)
