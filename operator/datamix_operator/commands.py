@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=16, help="reconciliations running at once")
     p.add_argument(
+        "--progress-interval", type=float, default=30.0, metavar="SECONDS",
+        help="read each running run's progress from its master pod's metrics endpoint at most this often "
+        "(0: never); the status is written at most this often per run, and only when a value changed",
+    )
+    p.add_argument("--progress-workers", type=int, default=8, help="metrics endpoints read at once")
+    p.add_argument(
         "--pytorchjob-api", default="kubeflow.org/v1", metavar="GROUP/VERSION",
         help="where PyTorchJobs are served (tests point it at an absent API to exercise the missing-CRD path)",
     )
@@ -69,6 +75,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
             crd_retry_seconds=args.crd_retry_seconds,
             workers=args.workers,
             pytorchjob_api=args.pytorchjob_api,
+            progress_interval=args.progress_interval,
+            progress_workers=args.progress_workers,
         )
     except ValueError as err:
         raise UserError(f"operator: {err}") from err

@@ -30,6 +30,10 @@ class OperatorConfig:
     """Threads running reconciliations (kopf's sync-handler executor)."""
     job_api: JobApi = field(default_factory=JobApi)
     """Where PyTorchJobs are served."""
+    progress_interval: float = 30.0
+    """Each running run's metrics endpoint is read at most this often (progress.py); 0: never."""
+    progress_workers: int = 8
+    """Threads reading metrics endpoints (connections at a time)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -50,6 +54,8 @@ class OperatorConfig:
         crd_retry_seconds: float,
         workers: int,
         pytorchjob_api: str,
+        progress_interval: float = 30.0,
+        progress_workers: int = 8,
     ) -> OperatorConfig:
         for ns in namespaces:
             if not ns or len(ns) > 63 or not all(c.isalnum() or c == "-" for c in ns) or ns != ns.lower():
@@ -63,6 +69,10 @@ class OperatorConfig:
             raise ValueError("--resync-seconds and --crd-retry-seconds must be positive")
         if workers < 1:
             raise ValueError("--workers must be at least 1")
+        if progress_interval < 0:
+            raise ValueError("--progress-interval must be 0 (off) or positive")
+        if progress_workers < 1:
+            raise ValueError("--progress-workers must be at least 1")
         return cls(
             namespaces=tuple(dict.fromkeys(namespaces)),
             trainer_image=trainer_image or DEFAULT_TRAINER_IMAGE,
@@ -75,4 +85,6 @@ class OperatorConfig:
             crd_retry_seconds=crd_retry_seconds,
             workers=workers,
             job_api=JobApi.parse(pytorchjob_api),
+            progress_interval=progress_interval,
+            progress_workers=progress_workers,
         )

@@ -32,6 +32,7 @@ from datamix import GROUP, PLURAL, VERSION
 from datamix_operator.config import OperatorConfig
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
 from datamix_operator.metrics import Metrics, serve
+from datamix_operator.progress import ProgressTracker
 from datamix_operator.reconcile import REPLICA_TYPE_LABEL, EventPoster, Reconciler
 from datamix_operator.render import LABEL_EXPERIMENT, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -77,7 +78,9 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(config: OperatorConfig, reconciler: Reconciler, kube: ClientKube) -> kopf.OperatorRegistry:
+def build_registry(
+    config: OperatorConfig, reconciler: Reconciler, kube: ClientKube, progress: ProgressTracker | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     job_api = config.job_api
     ours = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -124,6 +127,14 @@ def build_registry(config: OperatorConfig, reconciler: Reconciler, kube: ClientK
         if experiment and namespace:
             reconciler.reconcile(namespace, experiment)
 
+    if progress is not None:
+
+        @kopf.on.event(
+            "", "v1", "pods", id="master", labels={**ours, REPLICA_TYPE_LABEL: "master"}, registry=registry
+        )
+        def master_event(type: str, body: kopf.Body, **_: Any) -> None:
+            progress.observe_pod(body, deleted=(type == "DELETED"))
+
     return registry
 
 
@@ -156,6 +167,11 @@ def run(config: OperatorConfig) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     kube = ClientKube(job_api=config.job_api, pool_size=max(32, config.workers * 2))
     metrics = Metrics()
+    progress = None
+    if config.progress_interval > 0:
+        progress = ProgressTracker(
+            interval=config.progress_interval, workers=config.progress_workers, metrics=metrics
+        )
     reconciler = Reconciler(
         kube,
         trainer_image=config.trainer_image,
@@ -163,10 +179,14 @@ def run(config: OperatorConfig) -> None:
         crd_retry_seconds=config.crd_retry_seconds,
         post_event=EventPoster(kube).post,
         instance=os.environ.get("POD_NAME") or socket.gethostname(),
+        progress=progress,
     )
+    if progress is not None:
+        progress.on_change = lambda namespace, name: reconciler.schedule(namespace, name, 0.0)
+        progress.start()
     if config.metrics_port:
         serve(config.metrics_port, config.bind_address)
-    registry = build_registry(config, reconciler, kube)
+    registry = build_registry(config, reconciler, kube, progress)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,
              config.job_api.api_version)

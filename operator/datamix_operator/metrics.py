@@ -36,6 +36,22 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=reg,
         )
+        self.progress_runs = Gauge(
+            f"{PREFIX}_progress_runs", "Running runs whose progress the operator reads.", registry=reg
+        )
+        self.progress_reads = Counter(
+            f"{PREFIX}_progress_reads",
+            "Reads of master pods' metrics endpoints, by outcome: accepted, foreign (no series of "
+            "the run: ignored), error (unreachable, timeout, too large).",
+            ["outcome"],
+            registry=reg,
+        )
+        self.progress_read_duration = Histogram(
+            f"{PREFIX}_progress_read_duration_seconds",
+            "Wall time of one read of a master pod's metrics endpoint.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=reg,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:

@@ -33,6 +33,7 @@ from datamix.errors import UserError
 from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
 from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
 from datamix_operator.metrics import Metrics
+from datamix_operator.progress import ProgressTracker
 from datamix_operator.render import (
     ANNOTATION_SUSPEND,
     DEFAULT_TRAINER_IMAGE,
@@ -47,6 +48,7 @@ from datamix_operator.status import (
     CRD_MISSING,
     INVALID_SPEC,
     Observation,
+    ProgressView,
     RunInfo,
     RunState,
     Stall,
@@ -117,6 +119,7 @@ class Reconciler:
         schedule: Callable[[str, str, float], None] | None = None,
         instance: str = "datamix-operator",
         post_event: Callable[[str, dict[str, Any]], None] | None = None,
+        progress: ProgressTracker | None = None,
     ) -> None:
         self.kube = kube
         self.trainer_image = trainer_image
@@ -127,6 +130,7 @@ class Reconciler:
         self.schedule = schedule or self._schedule_with_timer
         self.instance = instance
         self.post_event = post_event or self._post_event_now
+        self.progress = progress
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._failures: dict[tuple[str, str], int] = {}
@@ -184,6 +188,8 @@ class Reconciler:
         self._listed.discard(key)
         self._rendered.pop(key, None)
         self._failures.pop(key, None)
+        if self.progress is not None:
+            self.progress.untrack(namespace, name)
         with self._locks_guard:
             lock = self._locks.get(key)
             if lock is not None and not lock.locked():
@@ -336,7 +342,12 @@ class Reconciler:
             retired.append(_as_retired(old_run))  # its job is gone already: record it as last seen
         previous = merge_previous_runs(old_status.get("previousRuns") or [], retired)
         queue = (exp["spec"].get("resources") or {}).get("queueName")
-        obs = Observation(run=run, state=state, stall=stall, previous_runs=previous, queue=queue)
+        recorded = old_status.get("progress") if run is not None and old_run.get("id") == run.id else None
+        view = self._progress(namespace, exp, run, state, live, recorded)
+        obs = Observation(
+            run=run, state=state, stall=stall, previous_runs=previous, queue=queue, progress=view,
+            recorded_progress=recorded,
+        )
 
         # 5. write the status only when it changed
         new_status = desired_status(exp, obs, self.clock())
@@ -457,6 +468,35 @@ class Reconciler:
             return None
         # The newest incarnation holds the final termination message.
         return max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def _progress(
+        self,
+        namespace: str,
+        exp: Mapping[str, Any],
+        run: RunInfo | None,
+        state: RunState | None,
+        job: Mapping[str, Any] | None,
+        recorded: Mapping[str, Any] | None,
+    ) -> ProgressView | None:
+        """Hand a Running run to the progress tracker (any other: take it back); its view."""
+        if self.progress is None:
+            return None
+        name = exp["metadata"]["name"]
+        if run is None or state is None or job is None or state.phase != "Running":
+            self.progress.untrack(namespace, name)
+            return None
+        deadline = exp["spec"].get("progressDeadlineSeconds")
+        return self.progress.track(
+            namespace,
+            name,
+            run.id,
+            run.job,
+            deadline=int(deadline) if deadline else None,
+            target_samples=run.target_samples,
+            job_uid=(job.get("metadata") or {}).get("uid", ""),
+            recorded=recorded,
+            started=state.start_time,
+        )
 
     def _retired_summary(self, namespace: str, job: dict[str, Any]) -> dict[str, Any]:
         name = job["metadata"]["name"]

@@ -19,7 +19,9 @@ from datamix_operator.render import PYTORCHJOB_CONTAINER
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "Stalled")
+CONDITION_TYPES = (
+    "Created", "Running", "Restarting", "Progressing", "Succeeded", "Failed", "Suspended", "Stalled"
+)
 MAX_PREVIOUS_RUNS = 16
 MAX_MESSAGE = 1024
 
@@ -38,6 +40,11 @@ CHILD_CONFLICT = "ChildConflict"
 NOT_CREATED = "JobNotCreated"
 AS_EXPECTED = "AsExpected"
 SUPERSEDED = "Superseded"
+STEPS_COMPLETING = "StepsCompleting"
+PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+PROGRESS_RESUMED = "ProgressResumed"
+# Live-only progress fields: dropped when the run stops running (the rest stays as last read).
+LIVE_ONLY_PROGRESS = ("tokensPerSecond", "estimatedCompletionTime")
 
 _PHASE_SENTENCE = {
     "Pending": "The run is waiting for its pods",
@@ -91,6 +98,17 @@ class RunInfo:
         return [d.name for d in self.spec.datasets] if self.spec else []
 
 
+@dataclass(frozen=True)
+class ProgressView:
+    """The live part of status.progress (progress.py reads it from the trainer) and the verdict
+    of the progress deadline, for one running run."""
+
+    fields: Mapping[str, Any]  # status.progress fields besides targetSamples (empty: no reading yet)
+    exceeded: bool = False
+    deadline: int | None = None
+    last_progress: str | None = None  # RFC 3339: when a step was last seen completing
+
+
 @dataclass
 class Observation:
     """Everything `desired_status` needs besides the experiment itself."""
@@ -100,6 +118,8 @@ class Observation:
     stall: Stall | None = None
     previous_runs: list[dict[str, Any]] = field(default_factory=list)
     queue: str | None = None
+    progress: ProgressView | None = None  # only while the run is Running
+    recorded_progress: Mapping[str, Any] | None = None  # status.progress written earlier for this run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +337,7 @@ def desired_conditions(
         conds["Restarting"] = ("True", JOB_RESTARTING, state.restart_message or message)
     else:
         conds["Restarting"] = ("False", reason, summary)
+    conds["Progressing"] = progressing_condition(obs, phase, running, reason, summary)
     conds["Succeeded"] = ("True", reason, message) if phase == "Succeeded" else ("False", reason, summary)
     conds["Failed"] = ("True", reason, message) if phase == "Failed" else ("False", reason, summary)
     conds["Suspended"] = ("True", reason, message) if phase == "Suspended" else ("False", reason, summary)
@@ -325,6 +346,29 @@ def desired_conditions(
     else:
         conds["Stalled"] = ("False", AS_EXPECTED, "The operator can reconcile the experiment")
     return conds
+
+
+def progressing_condition(
+    obs: Observation, phase: str, running: bool, reason: str, summary: str
+) -> tuple[str, str, str]:
+    """Progressing: True while training steps complete; False with ProgressDeadlineExceeded when
+    none completed within spec.progressDeadlineSeconds (the run keeps running)."""
+    view = obs.progress
+    if not running or view is None:
+        return ("False", reason, summary)
+    if view.exceeded:
+        since = f" (last at {view.last_progress})" if view.last_progress else ""
+        return (
+            "False",
+            PROGRESS_DEADLINE_EXCEEDED,
+            f"No training step completed within progressDeadlineSeconds ({view.deadline}s){since}; "
+            "the run is not stopped: check its pods and logs",
+        )
+    fields = view.fields
+    if "consumedSamples" in fields:
+        target = f" of {obs.run.target_samples}" if obs.run is not None and obs.run.target_samples else ""
+        return ("True", STEPS_COMPLETING, f"Training: {fields['consumedSamples']}{target} samples consumed")
+    return ("True", reason, "The run is training (no reading of its metrics yet)")
 
 
 def merge_conditions(
@@ -353,6 +397,32 @@ def merge_conditions(
                 "observedGeneration": generation,
             }
         )
+    return out
+
+
+def progress_status(obs: Observation, target: int | None) -> dict[str, Any]:
+    """status.progress: the result's count once the run finished; the live reading while it
+    runs; what was last read (less the rate and the estimate) in between."""
+    state = obs.state
+    out: dict[str, Any] = {}
+    if state is not None and state.result is not None:
+        out.update({k: v for k, v in (obs.recorded_progress or {}).items() if k not in LIVE_ONLY_PROGRESS})
+        consumed = state.result.consumed_samples
+        out["consumedSamples"] = consumed
+        out["percent"] = min(100, math.floor(100 * consumed / target)) if target else 100
+        if state.result.train_loss is not None:
+            out["trainLoss"] = state.result.train_loss
+        if state.result.mean_validation_loss is not None:
+            out["meanValidationLoss"] = state.result.mean_validation_loss
+            out["validationStep"] = state.result.steps
+    elif obs.progress is not None:
+        out.update(obs.progress.fields)
+    elif obs.recorded_progress:
+        out.update({k: v for k, v in obs.recorded_progress.items() if k not in LIVE_ONLY_PROGRESS})
+    if target is not None:
+        out["targetSamples"] = target
+    elif not out:
+        return {}
     return out
 
 
@@ -386,17 +456,15 @@ def desired_status(experiment: Mapping[str, Any], obs: Observation, now: str) ->
     if state is not None and state.completion_time:
         status["completionTime"] = state.completion_time
     target = run.target_samples if run is not None else None
-    if target is not None:
-        progress: dict[str, Any] = {"targetSamples": target}
-        if state is not None and state.result is not None:
-            consumed = state.result.consumed_samples
-            progress["consumedSamples"] = consumed
-            progress["percent"] = min(100, math.floor(100 * consumed / target)) if target else 100
+    progress = progress_status(obs, target)
+    if progress:
         status["progress"] = progress
     if state is not None and state.result is not None:
         status["result"] = result_status(state.result, run.dataset_names if run else [])
         if state.result.train_loss is not None:
             status["loss"] = format_loss(state.result.train_loss)
+    elif isinstance(progress.get("trainLoss"), int | float):
+        status["loss"] = format_loss(progress["trainLoss"])
     if obs.previous_runs:
         status["previousRuns"] = [dict(r) for r in obs.previous_runs[:MAX_PREVIOUS_RUNS]]
     desired = desired_conditions(obs, phase, reason, message)
@@ -461,6 +529,14 @@ def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Transiti
         out.append(Transition("Normal", "RunStarted", message))
     before = {c.get("type"): c for c in old.get("conditions") or []}
     for cond in new.get("conditions") or []:
+        if cond["type"] == "Progressing":
+            # Only the deadline is news; Progressing True with Running is the JobRunning event.
+            was = (before.get("Progressing") or {}).get("reason")
+            if cond["reason"] == PROGRESS_DEADLINE_EXCEEDED and was != PROGRESS_DEADLINE_EXCEEDED:
+                out.append(Transition("Warning", PROGRESS_DEADLINE_EXCEEDED, cond["message"]))
+            elif cond["status"] == "True" and was == PROGRESS_DEADLINE_EXCEEDED:
+                out.append(Transition("Normal", PROGRESS_RESUMED, f"Training steps complete again: {cond['message']}"))
+            continue
         if cond["status"] != "True":
             if cond["type"] == "Suspended" and (before.get("Suspended") or {}).get("status") == "True":
                 out.append(Transition("Normal", "Resumed", "spec.suspend is false: the run resumes"))

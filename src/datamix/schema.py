@@ -408,6 +408,11 @@ SPEC = obj(
             },
         ),
         "activeDeadlineSeconds": integer("Fail a run that takes longer than this.", minimum=1),
+        "progressDeadlineSeconds": integer(
+            "Report a running run that completes no training step for this long: condition Progressing "
+            "False, reason ProgressDeadlineExceeded, and a Warning event. The run is not stopped.",
+            minimum=1,
+        ),
         "suspend": boolean("Suspend the current run (its pods are removed); false resumes it."),
     },
     required=("datasets", "model", "training", "resources"),
@@ -423,7 +428,9 @@ SPEC = obj(
 CONDITION = obj(
     "A condition of the experiment.",
     {
-        "type": string("Created, Running, Restarting, Succeeded, Failed, Suspended or Stalled.", maxLength=64),
+        "type": string(
+            "Created, Running, Restarting, Progressing, Succeeded, Failed, Suspended or Stalled.", maxLength=64
+        ),
         "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
         "reason": string("One CamelCase word.", maxLength=128),
         "message": string("A sentence for people.", maxLength=4096),
@@ -480,11 +487,21 @@ STATUS = obj(
         "startTime": string("When the current run started.", format="date-time"),
         "completionTime": string("When the current run finished.", format="date-time"),
         "progress": obj(
-            "Progress of the current run.",
+            "Progress of the current run: read live from the trainer's metrics while it runs, from its "
+            "result when it has finished.",
             {
                 "consumedSamples": integer("Samples trained on so far.", minimum=0),
                 "targetSamples": integer("Samples the run trains on.", minimum=0),
                 "percent": integer("consumedSamples / targetSamples in percent.", minimum=0, maximum=100),
+                "tokensPerSecond": number("Training tokens per second of the whole job (last step)."),
+                "trainLoss": number("Training loss of the last step."),
+                "meanValidationLoss": number("Mean per-dataset validation loss of the last evaluation."),
+                "validationStep": integer("The step of that evaluation.", minimum=0),
+                "estimatedCompletionTime": string(
+                    "When the run should reach targetSamples at its rate so far.", format="date-time"
+                ),
+                "lastProgressTime": string("When a training step was last seen completing.", format="date-time"),
+                "readingTime": string("When these values were read from the trainer.", format="date-time"),
             },
         ),
         "result": obj(

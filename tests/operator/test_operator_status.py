@@ -155,7 +155,11 @@ def test_lifecycle_conditions_and_stable_transition_times() -> None:
     done = desired_status(exp, Observation(run, run_state(
         job("Created", "Succeeded", startTime=T0, completionTime=T1), master(text))), T1)
     assert done["phase"] == "Succeeded" and done["loss"] == "2.5"
-    assert done["progress"] == {"targetSamples": 1600, "consumedSamples": 800, "percent": 50}
+    assert done["progress"] == {
+        "targetSamples": 1600, "consumedSamples": 800, "percent": 50,
+        # the final losses, as the live reading showed them while it ran
+        "trainLoss": 2.5, "meanValidationLoss": 2.6, "validationStep": 100,
+    }
     assert done["result"]["trainLoss"] == 2.5 and done["result"]["datasets"][0]["name"] == "web"
     assert done["run"]["trainLoss"] == 2.5 and done["run"]["completionTime"] == T1
     assert conditions(done)["Succeeded"] == ("True", "JobSucceeded")
