@@ -24,6 +24,18 @@ from datamix.schema import MAX_NAME_LENGTH
 
 DATA_MOUNT = "/data"
 _INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
+# Bounds on what a config may make the importer do. Real OpenSeek/FlagScale configs have a few
+# hundred values and short strings; YAML aliases and `${...}` chains can multiply a small file
+# exponentially (a "billion laughs"), so the resolved tree (the OpenSeek baseline has 398 values),
+# each string and the number of lookups are capped, and the file is read only up to a size.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_NODES = 20_000
+MAX_DEPTH = 64
+MAX_STRING_LENGTH = 64 * 1024
+MAX_LOOKUPS = 10_000
+# libyaml parses in C and refuses nesting deeper than 1000 levels at once; the pure-Python parser
+# takes seconds on a few thousand nested brackets before it overflows the stack.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Fields that have a place elsewhere or no meaning on Kubernetes, with the advice we give.
 _ADVICE = {
     "train.data.valid_data_path": "set validationPath on each mixture entry instead",
@@ -78,9 +90,15 @@ def import_experiment(config: Path, base_dir: str | None = None) -> tuple[dict[s
 
 def _load_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UserError(f"{what}: {path} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is it a config?")
+        doc = yaml.load(data, Loader=_YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
     except OSError as err:
         raise UserError(f"{what}: cannot read {path} ({err.strerror}); check the path") from err
+    except RecursionError as err:
+        raise UserError(f"{what}: {path} is nested too deeply to be a config") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -98,9 +116,7 @@ def _compose(config: Path) -> dict[str, Any]:
     train_name = next((d["train"] for d in defaults if isinstance(d, dict) and "train" in d), None)
     if train_name is None:
         raise UserError(f"defaults: {config} has no `- train: NAME` entry; add the train file's name to defaults")
-    train_file = config.parent / "train" / str(train_name)
-    if train_file.suffix not in (".yaml", ".yml"):
-        train_file = train_file.with_name(train_file.name + ".yaml")
+    train_file = _train_file(config, str(train_name))
     if not train_file.is_file():
         raise UserError(
             f"defaults.train: train file {train_file} not found; put {train_file.name} in the train/ folder "
@@ -110,6 +126,26 @@ def _compose(config: Path) -> dict[str, Any]:
     return root
 
 
+def _train_file(config: Path, name: str) -> Path:
+    """Hydra's `train` group: a file of the config's own `train/` folder, never one elsewhere."""
+    folder = config.parent / "train"
+    if not name or name.startswith("/") or ".." in Path(name).parts:
+        raise UserError(
+            f"defaults.train: {name!r} must name a file in the train/ folder beside {config.name} "
+            "(no absolute path, no '..')"
+        )
+    train_file = folder / name
+    if train_file.suffix not in (".yaml", ".yml"):
+        train_file = train_file.with_name(train_file.name + ".yaml")
+    # A symbolic link may still point elsewhere: what counts is where the file really is.
+    if train_file.exists() and not train_file.resolve().is_relative_to(config.parent.resolve()):
+        raise UserError(
+            f"defaults.train: {train_file} resolves to {train_file.resolve()}, outside {config.parent}; "
+            "copy the train file into the config's folder"
+        )
+    return train_file
+
+
 class _Resolver:
     """OmegaConf-style interpolation: `${a.b}` (absolute), `${oc.env:VAR[,default]}`, nesting."""
 
@@ -117,31 +153,54 @@ class _Resolver:
         self.root = root
         self.referenced: set[str] = set()
         self._active: list[str] = []
+        self._nodes = 0
+        self._lookups = 0
 
-    def resolve(self, node: Any, path: str) -> Any:
+    def resolve(self, node: Any, path: str, depth: int = 0) -> Any:
+        # YAML aliases share one node between places; resolving copies it into each place, so the
+        # copies are counted: a file of aliases of aliases stops here instead of filling memory.
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise UserError(
+                f"{path or 'config'}: the config expands to more than {MAX_NODES} values (YAML aliases or "
+                "`${...}` references nested in each other); it is not an experiment config"
+            )
+        if depth > MAX_DEPTH:
+            raise UserError(f"{path}: nested more than {MAX_DEPTH} levels deep; it is not an experiment config")
         if isinstance(node, dict):
-            return {k: self.resolve(v, f"{path}.{k}".lstrip(".")) for k, v in node.items()}
+            return {k: self.resolve(v, f"{path}.{k}".lstrip("."), depth + 1) for k, v in node.items()}
         if isinstance(node, list):
-            return [self.resolve(v, f"{path}[{i}]") for i, v in enumerate(node)]
+            return [self.resolve(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node)]
         if isinstance(node, str) and "${" in node:
-            return self._interpolate(node, path)
+            return self._interpolate(node, path, depth)
         return node
 
-    def _interpolate(self, text: str, path: str) -> Any:
+    def _interpolate(self, text: str, path: str, depth: int) -> Any:
         whole = _INTERPOLATION.fullmatch(text)
         if whole:
-            return self._lookup(whole.group(1).strip(), path)
+            return self._lookup(whole.group(1).strip(), path, depth)
         while True:
             match = _INTERPOLATION.search(text)
             if not match:
                 break
-            value = self._lookup(match.group(1).strip(), path)
-            text = text[: match.start()] + str(value) + text[match.end() :]
+            value = str(self._lookup(match.group(1).strip(), path, depth))
+            if len(text) - (match.end() - match.start()) + len(value) > MAX_STRING_LENGTH:
+                raise UserError(
+                    f"{path}: interpolating {text[:40]!r} gives a string longer than {MAX_STRING_LENGTH} "
+                    "characters; references nested in each other multiply, remove the repetition"
+                )
+            text = text[: match.start()] + value + text[match.end() :]
         if "${" in text:
             raise UserError(f"{path}: cannot resolve {text!r}: unbalanced interpolation; fix the braces")
         return text
 
-    def _lookup(self, ref: str, path: str) -> Any:
+    def _lookup(self, ref: str, path: str, depth: int) -> Any:
+        self._lookups += 1
+        if self._lookups > MAX_LOOKUPS:
+            raise UserError(
+                f"{path}: more than {MAX_LOOKUPS} `${{...}}` lookups; references nested in each other multiply, "
+                "it is not an experiment config"
+            )
         if ref.startswith("oc.env:"):
             var, _, default = ref[len("oc.env:") :].partition(",")
             value = os.environ.get(var.strip(), default.strip() if default else None)
@@ -164,7 +223,7 @@ class _Resolver:
         self.referenced.add(ref)
         self._active.append(ref)
         try:
-            return self.resolve(node, ref)
+            return self.resolve(node, ref, depth + 1)
         finally:
             self._active.pop()
 
@@ -428,8 +487,13 @@ def _training(reader: _Reader, warnings: list[str]) -> dict[str, Any]:
         raise UserError(f"{tok}.vocab_size: missing; add the tokenizer's vocabulary size")
     tokenizer: dict[str, Any] = {"type": str(reader.get(f"{tok}.tokenizer_type", "unknown")), "vocabSize": int(vocab)}
     tok_path = reader.get(f"{tok}.tokenizer_path")
-    if tok_path:
+    if tok_path and posixpath.isabs(str(tok_path)) and ".." not in str(tok_path).split("/"):
         tokenizer["path"] = str(tok_path)
+    elif tok_path:
+        warnings.append(
+            f"{tok}.tokenizer_path {str(tok_path)!r} is relative to the launch directory and was not imported; "
+            "set spec.training.tokenizer.path to where the tokenizer is in the pods"
+        )
     training["tokenizer"] = tokenizer
     return training
 

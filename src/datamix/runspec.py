@@ -27,6 +27,14 @@ TERMINATION_MESSAGE_LIMIT = 4096
 RUN_SPEC_KEY = "runspec.json"
 RUN_SPEC_MOUNT_DIR = "/etc/datamix"
 RUN_SPEC_PATH = f"{RUN_SPEC_MOUNT_DIR}/{RUN_SPEC_KEY}"
+# NCCL and the data loader workers share tensors through this memory-backed mount.
+SHM_MOUNT_PATH = "/dev/shm"
+# Paths the operator mounts (or the kubelet writes) in every trainer container: the schema refuses a
+# datasets.baseDir or output.path that equals, contains or sits inside one of them.
+OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, TERMINATION_LOG_PATH)
+# Environment names of the operator and the trainer (DATAMIX_RUN_SPEC, DATAMIX_TERMINATION_LOG, ...):
+# the schema refuses them in spec.env.
+RESERVED_ENV_PREFIX = "DATAMIX_"
 
 
 class RunSpecError(ValueError):

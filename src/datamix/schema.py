@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from datamix import GROUP, KIND, PLURAL, VERSION
+from datamix.runspec import OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX
 
 Schema = dict[str, Any]
 
@@ -22,6 +23,47 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 RELATIVE_PATH = r"^[^/].*$"
 ABSOLUTE_PATH = r"^/.*$"
+# A directory the pods mount a volume at: absolute, no empty segment, no trailing slash, not `/`.
+MOUNT_PATH = r"^(/[^/]+)+$"
+MAX_ENV_VALUE_LENGTH = 4096
+MAX_OVERRIDE_STRING_LENGTH = 256
+
+# Every path refuses `..` as a segment: no path may climb out of the directory it is relative to
+# (or, for absolute paths, be written in a second way that defeats a prefix allow-list).
+NO_PARENT_SEGMENT = (
+    "!self.matches('(^|/)[.][.](/|$)')",
+    "must not contain '..' as a path segment; write the path without climbing out of its directory",
+)
+
+
+def _mount_path_rules() -> list[dict[str, str]]:
+    reserved = ", ".join(f"'{p}'" for p in OPERATOR_MOUNT_PATHS)
+    return [
+        {
+            "rule": "!self.matches('(^|/)[.]{1,2}(/|$)')",
+            "message": "must not contain '.' or '..' as a path segment; write the plain absolute directory",
+        },
+        {
+            "rule": f"![{reserved}].exists(p, self == p || self.startsWith(p + '/') || p.startsWith(self + '/'))",
+            "message": f"must not be, contain or sit inside a path the operator mounts "
+            f"({', '.join(OPERATOR_MOUNT_PATHS)}); choose another directory",
+        },
+    ]
+
+
+def path_string(description: str, max_length: int, pattern: str | None = None, **extra: Any) -> Schema:
+    """A file-system path: bounded, and never with a `..` segment."""
+    rule, message = NO_PARENT_SEGMENT
+    schema = string(description, maxLength=max_length, **({"pattern": pattern} if pattern else {}), **extra)
+    schema["x-kubernetes-validations"] = [{"rule": rule, "message": message}]
+    return schema
+
+
+def mount_path(description: str) -> Schema:
+    """A directory where the pods mount a volume: plain, absolute, clear of the operator's mounts."""
+    schema = string(description, maxLength=1024, pattern=MOUNT_PATH)
+    schema["x-kubernetes-validations"] = _mount_path_rules()
+    return schema
 
 
 def string(description: str, **extra: Any) -> Schema:
@@ -105,14 +147,14 @@ def volume_source(what: str) -> Schema:
                 "An NFS export.",
                 {
                     "server": string("NFS server host name or address.", maxLength=253, minLength=1),
-                    "path": string("Exported path.", maxLength=1024, pattern=ABSOLUTE_PATH),
+                    "path": path_string("Exported path.", 1024, ABSOLUTE_PATH),
                     "readOnly": boolean("Mount read-only."),
                 },
                 required=("server", "path"),
             ),
             "hostPath": obj(
                 "A directory on every node (single-node clusters and tests).",
-                {"path": string("Directory on the node.", maxLength=1024, pattern=ABSOLUTE_PATH)},
+                {"path": path_string("Directory on the node.", 1024, ABSOLUTE_PATH)},
                 required=("path",),
             ),
         },
@@ -158,6 +200,11 @@ DATASET = obj(
     rules=(
         ("!self.path.contains('..')", "path must stay inside baseDir: remove '..'", ".path"),
         (
+            "!has(self.validationPath) || !self.validationPath.contains('..')",
+            "validationPath must stay inside baseDir: remove '..'",
+            ".validationPath",
+        ),
+        (
             "!has(self.validationPath) || self.validationPath != self.path",
             "validationPath must be held-out data, not the training path itself",
             ".validationPath",
@@ -168,10 +215,8 @@ DATASET = obj(
 DATASETS = obj(
     "What to blend and where the data is.",
     {
-        "baseDir": string(
-            "Directory where the data volume is mounted in the pods; mixture paths are relative to it. Default /data.",
-            maxLength=1024,
-            pattern=ABSOLUTE_PATH,
+        "baseDir": mount_path(
+            "Directory where the data volume is mounted in the pods; mixture paths are relative to it. Default /data."
         ),
         "volume": volume_source("the datasets"),
         "mixture": {
@@ -209,6 +254,16 @@ MODEL = obj(
             "maxProperties": 64,
             # Values are numbers, strings or booleans; their types are checked against presets.MODEL_SETTINGS.
             "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True},
+            # The values' schema is open, so the rule bounds them: scalars only (no nested documents)
+            # and short strings.
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(k, k.size() <= 64 && (type(self[k]) == string ? "
+                    f"self[k].size() <= {MAX_OVERRIDE_STRING_LENGTH} : type(self[k]) in [int, double, bool]))",
+                    "message": "each override is a setting name of at most 64 characters with a number, a "
+                    f"boolean or a string of at most {MAX_OVERRIDE_STRING_LENGTH} characters",
+                }
+            ],
         },
     },
     required=("preset",),
@@ -231,7 +286,7 @@ TOKENIZER = obj(
     "vocabulary size and the end-of-document id.",
     {
         "type": string("Tokenizer name, e.g. byte, QwenTokenizerFS, HuggingFaceTokenizer.", maxLength=128),
-        "path": string("Tokenizer files (for the record and for GPU trainers that load it).", maxLength=1024),
+        "path": path_string("Tokenizer files (for the record and for GPU trainers that load it).", 1024),
         "vocabSize": integer("Vocabulary size (embedding rows).", minimum=2, maximum=4194304),
         "eodToken": integer("End-of-document token id.", minimum=0),
     },
@@ -328,8 +383,13 @@ RESOURCES = obj(
 ENV_VAR = obj(
     "An environment variable of the trainer container.",
     {
-        "name": string("Variable name.", maxLength=256, minLength=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"),
-        "value": string("Literal value.", maxLength=32768),
+        "name": string(
+            f"Variable name; names starting with {RESERVED_ENV_PREFIX} are the operator's and the trainer's.",
+            maxLength=256,
+            minLength=1,
+            pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$",
+        ),
+        "value": string("Literal value.", maxLength=MAX_ENV_VALUE_LENGTH),
         "valueFrom": obj(
             "Value from a Secret or ConfigMap key (tokens belong in Secrets).",
             {
@@ -363,10 +423,19 @@ ENV_VAR = obj(
             "!(has(self.value) && has(self.valueFrom))",
             "set value or valueFrom, not both",
         ),
+        (
+            f"!self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+            f"names starting with {RESERVED_ENV_PREFIX} are reserved for the operator and the trainer; "
+            "rename the variable",
+            ".name",
+        ),
     ),
 )
 
 _DP_SIZE = "(self.resources.nodes * (self.resources.gpusPerNode > 0 ? self.resources.gpusPerNode : 1))"
+# The defaults are datamix.experiment's DEFAULT_BASE_DIR and DEFAULT_OUTPUT_PATH.
+_BASE_DIR = "(has(self.datasets.baseDir) ? self.datasets.baseDir : '/data')"
+_OUTPUT_PATH = "(has(self.output) && has(self.output.path) ? self.output.path : '/output')"
 
 SPEC = obj(
     "What to blend, which model, how long, and on which GPUs.",
@@ -390,9 +459,7 @@ SPEC = obj(
             "Where checkpoints, logs and results go: <path>/<experiment>/<run>/.",
             {
                 "volume": volume_source("the output directory"),
-                "path": string(
-                    "Mount path of the output volume. Default /output.", maxLength=1024, pattern=ABSOLUTE_PATH
-                ),
+                "path": mount_path("Mount path of the output volume. Default /output."),
             },
         ),
         "podTemplate": obj(
@@ -421,6 +488,13 @@ SPEC = obj(
             f"self.training.globalBatchSize % (self.training.microBatchSize * {_DP_SIZE}) == 0",
             "training.globalBatchSize must be a multiple of microBatchSize x data-parallel size (nodes x gpusPerNode)",
             ".training.globalBatchSize",
+        ),
+        (
+            f"!({_OUTPUT_PATH} == {_BASE_DIR} || {_OUTPUT_PATH}.startsWith({_BASE_DIR} + '/') "
+            f"|| {_BASE_DIR}.startsWith({_OUTPUT_PATH} + '/'))",
+            "output.path and datasets.baseDir are mounted separately: they must not be the same directory or "
+            "inside one another",
+            ".output.path",
         ),
     ),
 )

@@ -163,6 +163,108 @@ INVALID_MANIFESTS: list[tuple[str, Manifest, str, str]] = [
     ),
 ]
 
+# Input limits (issue 10, item 5): no `..` in any path, no mount over the operator's own paths,
+# DATAMIX_ names reserved, overrides and env bounded.
+INVALID_MANIFESTS += [
+    (
+        "validation-path-escapes-base",
+        _case(_set("spec.datasets.mixture.0.validationPath", "web/../../etc/valid")),
+        "spec.datasets.mixture[0].validationPath",
+        "must stay inside baseDir",
+    ),
+    (
+        "base-dir-dot-dot",
+        _case(_set("spec.datasets.baseDir", "/data/../etc")),
+        "spec.datasets.baseDir",
+        "must not contain '.' or '..' as a path segment",
+    ),
+    (
+        "host-path-dot-dot",
+        _case(_set("spec.datasets.volume", {"hostPath": {"path": "/mnt/data/../../var/run"}})),
+        "spec.datasets.volume.hostPath.path",
+        "must not contain '..' as a path segment",
+    ),
+    (
+        "nfs-path-dot-dot",
+        _case(_set("spec.output.volume.nfs.path", "/exports/runs/../../private")),
+        "spec.output.volume.nfs.path",
+        "must not contain '..' as a path segment",
+    ),
+    (
+        "tokenizer-path-dot-dot",
+        _case(_set("spec.training.tokenizer.path", "../hf_openseek/tokenizer")),
+        "spec.training.tokenizer.path",
+        "must not contain '..' as a path segment",
+    ),
+    (
+        "output-path-dot-dot",
+        _case(_set("spec.output.path", "/output/../etc/datamix")),
+        "spec.output.path",
+        "must not contain '.' or '..' as a path segment",
+    ),
+    (
+        "base-dir-over-run-spec",
+        _case(_set("spec.datasets.baseDir", "/etc/datamix")),
+        "spec.datasets.baseDir",
+        "must not be, contain or sit inside a path the operator mounts",
+    ),
+    (
+        "base-dir-contains-run-spec",
+        _case(_set("spec.datasets.baseDir", "/etc")),
+        "spec.datasets.baseDir",
+        "must not be, contain or sit inside a path the operator mounts",
+    ),
+    (
+        "output-in-shm",
+        _case(_set("spec.output.path", "/dev/shm/out")),
+        "spec.output.path",
+        "must not be, contain or sit inside a path the operator mounts",
+    ),
+    (
+        "output-over-termination-log",
+        _case(_set("spec.output.path", "/dev")),
+        "spec.output.path",
+        "must not be, contain or sit inside a path the operator mounts",
+    ),
+    ("output-root", _case(_set("spec.output.path", "/")), "spec.output.path", "should match"),
+    (
+        "base-dir-trailing-slash",
+        _case(_set("spec.datasets.baseDir", "/data/")),
+        "spec.datasets.baseDir",
+        "should match",
+    ),
+    (
+        "output-inside-base-dir",
+        _case(_set("spec.output.path", "/data/out")),
+        "spec.output.path",
+        "must not be the same directory or inside one another",
+    ),
+    (
+        "reserved-env-name",
+        _case(lambda m: _spec(m)["env"].append({"name": "DATAMIX_TERMINATION_LOG", "value": "/output/x"})),
+        "spec.env[1].name",
+        "names starting with DATAMIX_ are reserved",
+    ),
+    (
+        "env-value-too-long",
+        _case(lambda m: _spec(m)["env"].append({"name": "BIG", "value": "x" * 5000})),
+        "spec.env[1].value",
+        "Too long",
+    ),
+    (
+        "nested-override",
+        _case(_set("spec.model.overrides", {"numLayers": {"a": [1, 2, 3]}})),
+        "spec.model.overrides",
+        "each override is a setting name of at most 64 characters",
+    ),
+    (
+        "long-override-string",
+        _case(_set("spec.model.overrides", {"normalization": "x" * 300})),
+        "spec.model.overrides",
+        "each override is a setting name of at most 64 characters",
+    ),
+]
+
 # Accepted by the API server, refused by the operator (and by `datamix validate`).
 OPERATOR_ONLY_INVALID: list[tuple[str, Manifest, str, str]] = [
     (

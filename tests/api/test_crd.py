@@ -69,3 +69,13 @@ def test_names_and_columns() -> None:
     assert crd["spec"]["scope"] == "Namespaced"
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert columns[:4] == ["Phase", "Shape", "Progress", "Loss"] and columns[-1] == "Age"
+
+
+def test_schema_rules_use_the_run_defaults() -> None:
+    """The spec rule keeping output.path and baseDir apart writes the defaults out; they must be
+    the ones the run spec uses."""
+    from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH
+    from datamix.schema import _BASE_DIR, _OUTPUT_PATH
+
+    assert f"'{DEFAULT_BASE_DIR}'" in _BASE_DIR
+    assert f"'{DEFAULT_OUTPUT_PATH}'" in _OUTPUT_PATH

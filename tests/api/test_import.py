@@ -129,3 +129,94 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, case: str) -> None:
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+# --- hostile configs: bounded time and memory, one line, exit 2 -------------------------------
+
+
+def _alias_bomb(levels: int = 12, fan_out: int = 10) -> str:
+    """A "billion laughs": each level lists the previous one `fan_out` times (10**12 leaves)."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*a{level - 1}"] * fan_out)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def _interpolation_bomb(levels: int = 40) -> str:
+    """Each key doubles the previous one's text through `${...}` (2**40 characters)."""
+    lines = ["  s0: xxxxxxxxxxxxxxxx"]
+    lines += [f"  s{i}: ${{experiment.s{i - 1}}}${{experiment.s{i - 1}}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE = {
+    "alias-bomb": (EXPERIMENT + "bomb:\n" + "\n".join("  " + line for line in _alias_bomb().splitlines()) + "\n",
+                   "expands to more than"),
+    "interpolation-bomb": (EXPERIMENT.replace("experiment:\n", "experiment:\n" + _interpolation_bomb(), 1),
+                           "references nested in each other multiply"),
+    "deep-nesting": (EXPERIMENT + "deep: " + "[" * 5000 + "]" * 5000 + "\n", "nesting depth"),
+    "train-absolute-path": (EXPERIMENT.replace("train: mix_7b_dense", "train: /etc/passwd"),
+                            "defaults.train: '/etc/passwd' must name a file in the train/ folder"),
+    "train-parent-path": (EXPERIMENT.replace("train: mix_7b_dense", "train: ../../secrets/keys"),
+                          "no absolute path, no '..'"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_config_is_refused_fast_in_one_line(tmp_path: Path, case: str) -> None:
+    import time
+    import tracemalloc
+
+    from datamix.errors import UserError
+
+    experiment, expected = HOSTILE[case]
+    (tmp_path / "train").mkdir()
+    (tmp_path / "exp.yaml").write_text(experiment)
+    (tmp_path / "train/mix_7b_dense.yaml").write_text(TRAIN)
+    started = time.perf_counter()
+    with pytest.raises(UserError) as err:
+        import_experiment(tmp_path / "exp.yaml")
+    elapsed = time.perf_counter() - started
+    tracemalloc.start()
+    with pytest.raises(UserError):
+        import_experiment(tmp_path / "exp.yaml")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"{case}: refused in {elapsed * 1000:.0f} ms, peak Python memory {peak / 2**20:.1f} MiB")
+    assert expected in str(err.value)
+    # The issue's bound (exit 2 within a second) for the import itself, measured in-process so that
+    # the interpreter's start-up on a loaded machine does not count; memory well under a gigabyte.
+    assert elapsed < 1.0, f"{case} took {elapsed:.2f} s"
+    assert peak < 256 * 2**20, f"{case} peaked at {peak / 2**20:.0f} MiB"
+    result = subprocess.run(
+        [sys.executable, "-m", "datamix.cli", "import", str(tmp_path / "exp.yaml")],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert result.stdout == ""
+
+
+def test_train_file_linked_from_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    from datamix.errors import UserError
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "mix.yaml").write_text(TRAIN)
+    config_dir = tmp_path / "configs"
+    (config_dir / "train").mkdir(parents=True)
+    (config_dir / "exp.yaml").write_text(EXPERIMENT.replace("train: mix_7b_dense", "train: mix"))
+    (config_dir / "train" / "mix.yaml").symlink_to(outside / "mix.yaml")
+    with pytest.raises(UserError, match="outside"):
+        import_experiment(config_dir / "exp.yaml")
+
+
+def test_relative_tokenizer_path_is_not_imported() -> None:
+    manifest, warnings = import_experiment(FLAGSCALE)
+    assert manifest["spec"]["training"]["tokenizer"]["path"] == "/mnt/tokenizers/fs-tok"
+    if BASELINE.exists():
+        manifest, warnings = import_experiment(BASELINE)
+        assert "path" not in manifest["spec"]["training"]["tokenizer"]
+        assert any("tokenizer_path '../hf_openseek/tokenizer'" in w for w in warnings)
