@@ -16,7 +16,7 @@ import yaml
 
 from datamix import API_VERSION, KIND
 from datamix.errors import UserError
-from datamix.presets import PRESETS, check_override
+from datamix.presets import PRESETS, check_override, trainer_refusal
 from datamix.runspec import (
     DatasetSpec,
     LearningRate,
@@ -125,11 +125,17 @@ def build_run_spec(
     )
 
     settings = dict(PRESETS[spec["model"]["preset"]])
-    for key, value in sorted(spec["model"].get("overrides", {}).items()):
+    overrides = spec["model"].get("overrides", {})
+    for key, value in sorted(overrides.items()):
         problem = check_override(key, value)
         if problem:
             raise UserError(f"spec.model.overrides.{key}: {problem}")
         settings[key] = value
+    refusal = trainer_refusal(settings, on_gpus=int(resources["gpusPerNode"]) > 0)
+    if refusal is not None:
+        key, why = refusal
+        where = f"spec.model.overrides.{key}" if key in overrides else f"spec.model.preset ({key} of the preset)"
+        raise UserError(f"{where}: {why}")
 
     seq_length = int(training["seqLength"])
     global_batch = int(training["globalBatchSize"])
@@ -146,7 +152,7 @@ def build_run_spec(
 
     node_count = nodes or int(resources["nodes"])
     procs = procs_per_node or max(int(resources["gpusPerNode"]), 1)
-    _check_parallelism(settings, node_count * procs, global_batch, micro_batch)
+    _check_parallelism(node_count * procs, global_batch, micro_batch)
 
     lr = training["learningRate"]
     tokenizer = training["tokenizer"]
@@ -186,20 +192,10 @@ def build_run_spec(
     )
 
 
-def _check_parallelism(settings: dict[str, Any], world: int, global_batch: int, micro_batch: int) -> None:
-    model_parallel = (
-        int(settings["tensorModelParallelSize"])
-        * int(settings["pipelineModelParallelSize"])
-        * int(settings["contextParallelSize"])
-    )
-    if world % model_parallel:
-        raise UserError(
-            f"spec.model.overrides: tensor x pipeline x context parallel size ({model_parallel}) must divide "
-            f"the {world} processes (resources.nodes x resources.gpusPerNode)"
-        )
-    data_parallel = world // model_parallel
-    if global_batch % (micro_batch * data_parallel):
+def _check_parallelism(world: int, global_batch: int, micro_batch: int) -> None:
+    # data-parallel only (presets.trainer_refusal): every process is a data-parallel rank
+    if global_batch % (micro_batch * world):
         raise UserError(
             f"spec.training.globalBatchSize: {global_batch} is not a multiple of microBatchSize x "
-            f"data-parallel size ({micro_batch} x {data_parallel}); change the batch sizes or the resources"
+            f"data-parallel size ({micro_batch} x {world}); change the batch sizes or the resources"
         )

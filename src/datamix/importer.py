@@ -19,7 +19,7 @@ import yaml
 
 from datamix import API_VERSION, KIND
 from datamix.errors import UserError
-from datamix.presets import MODEL_SETTINGS, PRESETS
+from datamix.presets import MODEL_PARALLEL_SETTINGS, MODEL_SETTINGS, PRESETS
 from datamix.schema import MAX_NAME_LENGTH
 
 DATA_MOUNT = "/data"
@@ -57,7 +57,7 @@ def import_experiment(config: Path, base_dir: str | None = None) -> tuple[dict[s
 
     name = _object_name(str(reader.get("experiment.exp_name", config.stem)), warnings)
     mixture, base = _mixture(reader, base_dir, warnings)
-    preset, overrides = _model(reader)
+    preset, overrides = _model(reader, warnings)
     manifest: dict[str, Any] = {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -385,8 +385,9 @@ def _camel(snake: str) -> str:
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
-def _model(reader: _Reader) -> tuple[str, dict[str, Any]]:
+def _model(reader: _Reader, warnings: list[str]) -> tuple[str, dict[str, Any]]:
     found: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for section in ("train.model", "train.system", "train.system.precision", "train.model.optimizer"):
         node = reader.get(section, {}) if reader.has(section) else {}
         reader.read.discard(section)
@@ -394,8 +395,13 @@ def _model(reader: _Reader) -> tuple[str, dict[str, Any]]:
             setting = _camel(key)
             if setting in MODEL_SETTINGS and not isinstance(value, dict):
                 found[setting] = _coerce(reader.get(f"{section}.{key}"), MODEL_SETTINGS[setting])
+                origin[setting] = f"{section}.{key}"
     if "bf16" not in found and reader.has("train.system.precision.fp16"):
         found["bf16"] = False
+    # Megatron uses num_query_groups only with group_query_attention; without it, one group per head.
+    if "numAttentionHeads" in found and not found.get("groupQueryAttention") and "numQueryGroups" not in found:
+        found["numQueryGroups"] = found["numAttentionHeads"]
+    _data_parallel_only(found, origin, warnings)
 
     def distance(preset: str) -> int:
         return sum(1 for k, v in found.items() if PRESETS[preset].get(k) != v)
@@ -403,6 +409,24 @@ def _model(reader: _Reader) -> tuple[str, dict[str, Any]]:
     preset = min(PRESETS, key=distance)
     overrides = {k: v for k, v in sorted(found.items()) if PRESETS[preset].get(k) != v}
     return preset, overrides
+
+
+def _data_parallel_only(found: dict[str, Any], origin: dict[str, str], warnings: list[str]) -> None:
+    """Model parallelism becomes 1 (the trainer is data-parallel only), with what that costs."""
+    mapped = {k: found[k] for k in MODEL_PARALLEL_SETTINGS if isinstance(found.get(k), int) and found[k] > 1}
+    if not mapped:
+        return
+    factor = math.prod(v for k, v in mapped.items() if k != "expertModelParallelSize")
+    for key in mapped:
+        found[key] = 1
+    sizes = ", ".join(f"{origin[k]} {v}" for k, v in mapped.items())
+    warnings.append(
+        f"{sizes} imported as 1: the trainer is data-parallel only, so every GPU holds the whole model with "
+        f"its gradients and optimizer state (about 16 bytes per parameter): up to {factor}x the memory per GPU "
+        "the model-parallel layout needed"
+        + (", and all experts on every GPU" if "expertModelParallelSize" in mapped else "")
+        + "; if it does not fit, lower microBatchSize or use GPUs with more memory"
+    )
 
 
 def _coerce(value: Any, kind: type) -> Any:

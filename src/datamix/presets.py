@@ -6,6 +6,7 @@ OpenSeek/FlagScale keys map to which setting) and the trainer (the values).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 Setting = int | float | str | bool
@@ -155,4 +156,47 @@ def check_override(key: str, value: object) -> str | None:
         return None
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         return f"model setting {key!r} must be a {expected.__name__}, got {value!r}"
+    return None
+
+
+# The trainer is data-parallel only: torch DDP over the whole model (trainer/datamix_trainer).
+MODEL_PARALLEL_SETTINGS: Final = (
+    "tensorModelParallelSize",
+    "pipelineModelParallelSize",
+    "contextParallelSize",
+    "expertModelParallelSize",
+)
+
+
+def trainer_refusal(settings: Mapping[str, Setting], on_gpus: bool) -> tuple[str, str] | None:
+    """The first model setting the trainer cannot honour, as (setting, why and the fix); None if
+    it can train them all. The one home of these rules: `datamix validate`, the operator
+    (Stalled/InvalidSpec) and the trainer itself ask here. `on_gpus`: megatron-core's GPTModel
+    (resources.gpusPerNode > 0); else the trainer's CPU model."""
+    for key in MODEL_PARALLEL_SETTINGS:
+        if int(settings.get(key, 1)) != 1:
+            return key, (
+                f"{settings[key]} is not supported: the trainer is data-parallel only (every GPU holds the "
+                "whole model); set it to 1"
+            )
+    heads = int(settings.get("numAttentionHeads", 1))
+    groups = int(settings.get("numQueryGroups", heads))
+    hidden = int(settings.get("hiddenSize", heads))
+    if heads < 1 or hidden % heads:
+        return "numAttentionHeads", f"hiddenSize ({hidden}) must be a multiple of numAttentionHeads ({heads})"
+    if groups < 1 or heads % groups:
+        return "numQueryGroups", f"numAttentionHeads ({heads}) must be a multiple of numQueryGroups ({groups})"
+    if not on_gpus:
+        gpu_only = [
+            key
+            for key, dense in (("multiLatentAttention", False), ("numExperts", 0), ("swiglu", True))
+            if key in settings and settings[key] != dense
+        ]
+        if settings.get("normalization", "RMSNorm") != "RMSNorm":
+            gpu_only.append("normalization")
+        if gpu_only:
+            return gpu_only[0], (
+                f"the CPU model trains dense RMSNorm/SwiGLU GPTs only; {', '.join(gpu_only)} need the GPU model: "
+                "set resources.gpusPerNode, or choose a dense preset"
+            )
     return None

@@ -274,9 +274,21 @@ OPERATOR_ONLY_INVALID: list[tuple[str, Manifest, str, str]] = [
         "unknown model setting",
     ),
     (
-        "tensor-parallel-does-not-divide",
+        "tensor-parallel-refused",
         _case(_set("spec.model.overrides", {"tensorModelParallelSize": 3})),
-        "spec.model.overrides",
-        "must divide",
+        "spec.model.overrides.tensorModelParallelSize",
+        "data-parallel only",
+    ),
+    (
+        "pipeline-parallel-refused",
+        _case(_set("spec.model.overrides", {"pipelineModelParallelSize": 2})),
+        "spec.model.overrides.pipelineModelParallelSize",
+        "data-parallel only",
+    ),
+    (
+        "query-groups-do-not-divide-heads",
+        _case(_set("spec.model.overrides", {"numAttentionHeads": 16, "numQueryGroups": 12})),
+        "spec.model.overrides.numQueryGroups",
+        "must be a multiple of numQueryGroups",
     ),
 ]

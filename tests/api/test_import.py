@@ -64,7 +64,17 @@ def test_flagscale_config_of_our_own_imports_exactly() -> None:
     assert spec["training"]["checkpointInterval"] == 250
     assert spec["training"]["seed"] == 1234
     assert spec["training"]["learningRate"]["decay"] == "linear"
-    assert spec["model"]["overrides"]["tensorModelParallelSize"] == 2
+    # tensor 2 x pipeline 2 in the train file: mapped to data parallelism, with the memory cost named
+    overrides = spec["model"]["overrides"]
+    assert not {"tensorModelParallelSize", "pipelineModelParallelSize"} & set(overrides)
+    assert build_run_spec(manifest).model.settings["pipelineModelParallelSize"] == 1
+    mapped = [w for w in warnings if "pipeline_model_parallel_size 2" in w]
+    assert len(mapped) == 1
+    assert "tensor_model_parallel_size 2" in mapped[0]
+    assert "data-parallel only" in mapped[0]
+    assert "4x the memory per GPU" in mapped[0]
+    # no group_query_attention in the file: one query group per head, as Megatron does
+    assert overrides["numQueryGroups"] == overrides["numAttentionHeads"] == 16
     assert spec["model"]["overrides"]["maxPositionEmbeddings"] == 2048
     assert spec["env"] == [{"name": "NCCL_DEBUG", "value": "WARN"}]
     # arxiv_text_document and ArXiv_text_document clash after normalisation

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamix.errors import UserError
+from datamix.presets import trainer_refusal
 from datamix.runspec import RunSpec
 from datamix_trainer.model import BuiltModel, register_builder
 
@@ -66,14 +67,9 @@ def transformer_config(spec: RunSpec, use_te: bool) -> Any:
     from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
     s = spec.model.settings
-    for key in (
-        "tensorModelParallelSize",
-        "pipelineModelParallelSize",
-        "contextParallelSize",
-        "expertModelParallelSize",
-    ):
-        if int(s.get(key, 1)) != 1:
-            raise UserError(f"model.overrides.{key}: the trainer is data-parallel only; set it to 1")
+    refusal = trainer_refusal(s, on_gpus=True)
+    if refusal is not None:
+        raise UserError(f"model.overrides.{refusal[0]}: {refusal[1]}")
     layers = int(s["numLayers"])
     heads = int(s["numAttentionHeads"])
     experts = int(s.get("numExperts", 0)) or None

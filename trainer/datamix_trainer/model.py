@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamix.errors import UserError
+from datamix.presets import trainer_refusal
 from datamix.runspec import RunSpec
 
 
@@ -85,26 +86,12 @@ class GPTConfig:
     @classmethod
     def from_spec(cls, spec: RunSpec) -> GPTConfig:
         s = spec.model.settings
-        unsupported = [
-            key
-            for key, off in (("multiLatentAttention", False), ("numExperts", 0), ("swiglu", True))
-            if key in s and s[key] != off
-        ]
-        if s.get("normalization", "RMSNorm") != "RMSNorm":
-            unsupported.append("normalization")
-        if unsupported:
-            raise UserError(
-                f"model.overrides: the CPU model supports dense RMSNorm/SwiGLU GPTs only; {', '.join(unsupported)} "
-                f"of preset {spec.model.preset!r} need the GPU (megatron-core) model"
-            )
+        refusal = trainer_refusal(s, on_gpus=False)
+        if refusal is not None:
+            raise UserError(f"model.overrides.{refusal[0]}: {refusal[1]} (preset {spec.model.preset!r})")
         heads = int(s["numAttentionHeads"])
         groups = int(s.get("numQueryGroups", heads))
         hidden = int(s["hiddenSize"])
-        if hidden % heads or heads % groups:
-            raise UserError(
-                f"model.overrides: hiddenSize ({hidden}) must divide by numAttentionHeads ({heads}), "
-                f"and numAttentionHeads by numQueryGroups ({groups})"
-            )
         return cls(
             vocab_size=spec.training.vocab_size,
             seq_length=spec.training.seq_length,
