@@ -54,3 +54,39 @@ def test_operator_may_not_import_the_trainer(tmp_path: Path) -> None:
     result = lint_imports(root)
     assert result.returncode != 0
     assert "datamix_operator.render -> datamix_trainer" in result.stdout
+
+
+def test_layers_contract_fails_when_the_core_imports_the_command_line(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    experiment = root / "src/datamix/experiment.py"
+    experiment.write_text(experiment.read_text() + "\nimport datamix_cli.main  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "Layers: the command line above the operator and the trainer, above the core BROKEN" in result.stdout
+    assert "datamix.experiment -> datamix_cli.main" in result.stdout
+
+
+def test_layers_contract_fails_when_the_operator_imports_the_command_line(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    status = root / "operator/datamix_operator/status.py"
+    status.write_text(status.read_text() + "\nimport datamix_cli  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "Layers: the command line above the operator and the trainer, above the core BROKEN" in result.stdout
+    assert "datamix_operator.status -> datamix_cli" in result.stdout
+
+
+def test_layers_contract_fails_when_the_trainer_imports_the_operator(tmp_path: Path) -> None:
+    root = copy_tree(tmp_path)
+    report = root / "trainer/datamix_trainer/report.py"
+    report.write_text(report.read_text() + "\nimport datamix_operator.status  # noqa\n")
+    result = lint_imports(root)
+    assert result.returncode != 0
+    assert "Layers: the command line above the operator and the trainer, above the core BROKEN" in result.stdout
+    assert "datamix_trainer.report -> datamix_operator.status" in result.stdout
+
+
+def test_every_module_is_in_a_layer() -> None:
+    """The layers contract names whole packages; a new top-level package would escape it."""
+    packages = {p.parent.name for s in SOURCES for p in (REPO / s).glob("*/__init__.py")}
+    assert packages == {"datamix", "datamix_cli", "datamix_operator", "datamix_trainer"}

@@ -29,12 +29,18 @@ from typing import Any
 import kopf
 
 from datamix import GROUP, PLURAL, VERSION
+from datamix.names import (
+    LABEL_EXPERIMENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    MASTER_REPLICA,
+    REPLICA_TYPE_LABEL,
+)
 from datamix_operator.config import OperatorConfig
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
 from datamix_operator.metrics import Metrics, serve
 from datamix_operator.progress import ProgressTracker
-from datamix_operator.reconcile import REPLICA_TYPE_LABEL, EventPoster, Reconciler
-from datamix_operator.render import LABEL_EXPERIMENT, LABEL_MANAGED_BY, MANAGED_BY
+from datamix_operator.reconcile import EventPoster, Reconciler
 
 log = logging.getLogger("datamix_operator")
 
@@ -56,7 +62,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     ours = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     job_api = config.job_api
     settings.watching.label_selectors[job_api.group, job_api.version, job_api.plural] = ours
-    settings.watching.label_selectors["v1", "pods"] = f"{ours},{REPLICA_TYPE_LABEL}=master"
+    settings.watching.label_selectors["v1", "pods"] = f"{ours},{REPLICA_TYPE_LABEL}={MASTER_REPLICA}"
     return settings
 
 
@@ -116,10 +122,10 @@ def build_registry(
         reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED"))
 
     def master_finished(body: kopf.Body, **_: Any) -> bool:
-        return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")  # the pod's phase
 
     @kopf.on.event(
-        "", "v1", "pods", id="pod", labels={**ours, REPLICA_TYPE_LABEL: "master"}, when=master_finished,
+        "", "v1", "pods", id="pod", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, when=master_finished,
         registry=registry,
     )
     def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
@@ -130,7 +136,7 @@ def build_registry(
     if progress is not None:
 
         @kopf.on.event(
-            "", "v1", "pods", id="master", labels={**ours, REPLICA_TYPE_LABEL: "master"}, registry=registry
+            "", "v1", "pods", id="master", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, registry=registry
         )
         def master_event(type: str, body: kopf.Body, **_: Any) -> None:
             progress.observe_pod(body, deleted=(type == "DELETED"))

@@ -6,7 +6,7 @@ import threading
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from datamix_operator.status import PHASES
+from datamix.names import PHASES
 
 PREFIX = "datamix_operator"
 

@@ -36,12 +36,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from datamix.names import JOB_NAME_LABEL
 from datamix.runspec import METRICS_PORT, METRICS_PORT_NAME
 from datamix_operator.status import ProgressView
 
 log = logging.getLogger("datamix_operator")
 
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 MAX_BODY = 1 << 20  # an exposition of 128 datasets is ~40 KB; more is not a trainer
 DEFAULT_INTERVAL = 30.0
 DEFAULT_WORKERS = 8

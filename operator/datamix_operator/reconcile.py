@@ -30,23 +30,26 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from datamix.errors import UserError
-from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
-from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
-from datamix_operator.metrics import Metrics
-from datamix_operator.progress import ProgressTracker
-from datamix_operator.render import (
+from datamix.names import (
     ANNOTATION_SUSPEND,
-    DEFAULT_TRAINER_IMAGE,
+    JOB_NAME_LABEL,
     LABEL_EXPERIMENT,
     LABEL_MANAGED_BY,
     LABEL_RUN,
     MANAGED_BY,
-    render_children,
+    MASTER_REPLICA,
+    REPLICA_TYPE_LABEL,
+    TERMINAL_PHASES,
+    JobCondition,
+    Phase,
+    Reason,
 )
+from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
+from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
+from datamix_operator.metrics import Metrics
+from datamix_operator.progress import ProgressTracker
+from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_children
 from datamix_operator.status import (
-    CHILD_CONFLICT,
-    CRD_MISSING,
-    INVALID_SPEC,
     Observation,
     ProgressView,
     RunInfo,
@@ -64,8 +67,6 @@ from datamix_operator.status import (
 
 log = logging.getLogger("datamix_operator")
 
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 # Fault injection for the restart tests: the process exits (as if killed) at the named point.
 CRASH_ENV = "DATAMIX_OPERATOR_CRASH_AT"
 CRASH_POINTS = ("configmap-created", "job-created", "status-written", "run-recorded")
@@ -84,7 +85,7 @@ def crash_point(name: str) -> None:
 
 def crd_missing(err: ResourceMissing) -> Stall:
     return Stall(
-        CRD_MISSING,
+        Reason.CRD_MISSING,
         f"{err.args[0].split(': ', 1)[-1]}: install the Kubeflow training-operator (its PyTorchJob CRD); "
         "the operator retries",
     )
@@ -268,7 +269,7 @@ class Reconciler:
         try:
             configmap, job_body, run = self._render(namespace, exp)
         except (UserError, RunSpecError) as err:
-            stall = Stall(INVALID_SPEC, str(err))
+            stall = Stall(Reason.INVALID_SPEC, str(err))
         valid = run is not None
 
         # 2. the jobs that exist (ours: labelled and owned by this experiment). Listing them all
@@ -317,7 +318,7 @@ class Reconciler:
                     stall = crd_missing(err)
                     retry = self.crd_retry_seconds
                 except Conflict as err:
-                    stall = Stall(CHILD_CONFLICT, str(err))
+                    stall = Stall(Reason.CHILD_CONFLICT, str(err))
                     retry = 10.0
             if live is not None and valid:
                 live = self._apply_suspend(namespace, exp, live)
@@ -325,7 +326,7 @@ class Reconciler:
         # 4. observe
         state = self._observe(namespace, live) if live is not None else None
         carried = None
-        if state is not None and state.result is None and state.phase in ("Succeeded", "Failed"):
+        if state is not None and state.result is None and state.phase in TERMINAL_PHASES:
             recorded = old_status.get("run") or {}
             if run is not None and recorded.get("id") == run.id and old_status.get("result"):
                 carried = old_status  # the master pod is gone; keep what was read from it
@@ -369,7 +370,7 @@ class Reconciler:
                 job_name = job["metadata"]["name"]
                 kube.delete_job(namespace, job_name)
                 kube.delete_configmap(namespace, job_name)
-                self._event(exp, "Normal", "RunRetired", f"Deleted PyTorchJob {job_name} of an earlier run")
+                self._event(exp, "Normal", Reason.RUN_RETIRED, f"Deleted PyTorchJob {job_name} of an earlier run")
         if valid and run is not None and (stale or old_run.get("id") != run.id):
             for cm in kube.list_configmaps(namespace, experiment_selector(name)):
                 cm_name = cm["metadata"]["name"]
@@ -432,7 +433,7 @@ class Reconciler:
     def _apply_suspend(self, namespace: str, exp: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         """Act on a change of spec.suspend. With a Kueue queue, runPolicy.suspend is Kueue's: the
         operator sets it only when the user's spec.suspend turns true, and never undoes Kueue."""
-        if job_condition(job, "Succeeded") or job_condition(job, "Failed"):
+        if job_condition(job, JobCondition.SUCCEEDED) or job_condition(job, JobCondition.FAILED):
             return job
         want = bool(exp["spec"].get("suspend", False))
         queue = (exp["spec"].get("resources") or {}).get("queueName")
@@ -451,7 +452,7 @@ class Reconciler:
         return self.kube.patch_job(namespace, job["metadata"]["name"], patch)
 
     def _observe(self, namespace: str, job: dict[str, Any]) -> RunState:
-        terminal = bool(job_condition(job, "Succeeded") or job_condition(job, "Failed"))
+        terminal = bool(job_condition(job, JobCondition.SUCCEEDED) or job_condition(job, JobCondition.FAILED))
         pod = None
         if terminal:
             uid = job["metadata"].get("uid", "")
@@ -463,7 +464,7 @@ class Reconciler:
         return run_state(job, pod)
 
     def _master_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
-        pods = self.kube.list_pods(namespace, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}=master")
+        pods = self.kube.list_pods(namespace, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}={MASTER_REPLICA}")
         if not pods:
             return None
         # The newest incarnation holds the final termination message.
@@ -482,7 +483,7 @@ class Reconciler:
         if self.progress is None:
             return None
         name = exp["metadata"]["name"]
-        if run is None or state is None or job is None or state.phase != "Running":
+        if run is None or state is None or job is None or state.phase != Phase.RUNNING:
             self.progress.untrack(namespace, name)
             return None
         deadline = exp["spec"].get("progressDeadlineSeconds")
@@ -518,9 +519,9 @@ class Reconciler:
 
     def _count_and_announce(self, exp: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         for t in transitions(old, new):
-            if t.reason == "JobSucceeded":
+            if t.reason == Reason.JOB_SUCCEEDED:
                 self.metrics.runs_succeeded.inc()
-            elif t.reason == "JobFailed":
+            elif t.reason == Reason.JOB_FAILED:
                 self.metrics.runs_failed.inc()
             self._event(exp, t.type, t.reason, t.message)
 
@@ -587,6 +588,6 @@ def _newest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _as_retired(run: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(run)
-    if out.get("phase") not in ("Succeeded", "Failed"):
-        out["reason"] = "Superseded"
+    if out.get("phase") not in TERMINAL_PHASES:
+        out["reason"] = Reason.SUPERSEDED
     return out

@@ -13,9 +13,21 @@ import os
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from datamix import GROUP
 from datamix.errors import UserError
 from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH, build_run_spec, run_id, run_name
+from datamix.names import (
+    ANNOTATION_SUSPEND,
+    KUEUE_QUEUE_LABEL,
+    LABEL_EXPERIMENT,
+    LABEL_MANAGED_BY,
+    LABEL_PART_OF,
+    LABEL_RUN,
+    MANAGED_BY,
+    PART_OF,
+    PYTORCHJOB_API_VERSION,
+    PYTORCHJOB_CONTAINER,
+    PYTORCHJOB_KIND,
+)
 from datamix.runspec import (
     METRICS_PORT,
     METRICS_PORT_NAME,
@@ -26,22 +38,6 @@ from datamix.runspec import (
     TERMINATION_LOG_PATH,
     TRAINER_COMMAND,
 )
-
-MANAGED_BY = "datamix-operator"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_PART_OF = "app.kubernetes.io/part-of"
-LABEL_EXPERIMENT = f"{GROUP}/experiment"
-LABEL_RUN = f"{GROUP}/run"
-# What the user last asked for with spec.suspend, as applied by the operator to the job. With a
-# Kueue queue, runPolicy.suspend belongs to Kueue; the operator acts only when this changes.
-ANNOTATION_SUSPEND = f"{GROUP}/suspend"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-
-PYTORCHJOB_GROUP = "kubeflow.org"
-PYTORCHJOB_VERSION = "v1"
-PYTORCHJOB_API_VERSION = f"{PYTORCHJOB_GROUP}/{PYTORCHJOB_VERSION}"
-PYTORCHJOB_PLURAL = "pytorchjobs"
-PYTORCHJOB_CONTAINER = "pytorch"  # the training-operator requires this container name
 
 DEFAULT_TRAINER_IMAGE = os.environ.get("DATAMIX_TRAINER_IMAGE", "datamix-trainer:0.1.0")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -111,7 +107,7 @@ def child_labels(manifest: dict[str, Any]) -> dict[str, str]:
     tracking label)."""
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_PART_OF: "datamix",
+        LABEL_PART_OF: PART_OF,
         LABEL_EXPERIMENT: manifest["metadata"]["name"],
         LABEL_RUN: run_id(manifest),
     }
@@ -342,7 +338,7 @@ def render_pytorchjob(
     metadata["annotations"] = {ANNOTATION_SUSPEND: "true" if suspend else "false"}
     return {
         "apiVersion": PYTORCHJOB_API_VERSION,
-        "kind": "PyTorchJob",
+        "kind": PYTORCHJOB_KIND,
         "metadata": metadata,
         "spec": {
             "nprocPerNode": str(gpus) if gpus > 0 else "1",

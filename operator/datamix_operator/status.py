@@ -14,44 +14,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from datamix.runspec import RunResult, RunSpec, RunSpecError, normalise
-from datamix_operator.render import PYTORCHJOB_CONTAINER
-
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = (
-    "Created", "Running", "Restarting", "Progressing", "Succeeded", "Failed", "Suspended", "Stalled"
+from datamix.names import (
+    CONDITION_TYPES,
+    PYTORCHJOB_CONTAINER,
+    TERMINAL_PHASES,
+    Condition,
+    JobCondition,
+    Phase,
+    Reason,
 )
+from datamix.runspec import RunResult, RunSpec, RunSpecError, normalise
+
 MAX_PREVIOUS_RUNS = 16
 MAX_MESSAGE = 1024
-
-# Reasons (one CamelCase word each).
-JOB_CREATED = "JobCreated"
-JOB_PENDING = "JobPending"
-JOB_QUEUED = "JobQueued"
-JOB_RUNNING = "JobRunning"
-JOB_RESTARTING = "JobRestarting"
-JOB_SUCCEEDED = "JobSucceeded"
-JOB_FAILED = "JobFailed"
-SUSPENDED = "Suspended"
-INVALID_SPEC = "InvalidSpec"
-CRD_MISSING = "PyTorchJobCRDMissing"
-CHILD_CONFLICT = "ChildConflict"
-NOT_CREATED = "JobNotCreated"
-AS_EXPECTED = "AsExpected"
-SUPERSEDED = "Superseded"
-STEPS_COMPLETING = "StepsCompleting"
-PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
-PROGRESS_RESUMED = "ProgressResumed"
 # Live-only progress fields: dropped when the run stops running (the rest stays as last read).
 LIVE_ONLY_PROGRESS = ("tokensPerSecond", "estimatedCompletionTime")
 
 _PHASE_SENTENCE = {
-    "Pending": "The run is waiting for its pods",
-    "Running": "The run is training",
-    "Succeeded": "The run succeeded",
-    "Failed": "The run failed",
-    "Suspended": "The run is suspended",
+    Phase.PENDING: "The run is waiting for its pods",
+    Phase.RUNNING: "The run is training",
+    Phase.SUCCEEDED: "The run succeeded",
+    Phase.FAILED: "The run failed",
+    Phase.SUSPENDED: "The run is suspended",
 }
 
 
@@ -170,7 +154,7 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
     name = job.get("metadata", {}).get("name", "?")
     status = job.get("status") or {}
     start, completion = status.get("startTime"), status.get("completionTime")
-    failed = job_condition(job, "Failed")
+    failed = job_condition(job, JobCondition.FAILED)
     if failed:
         message = f"PyTorchJob {name} failed"
         if failed.get("reason"):
@@ -187,9 +171,9 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
             if last_words:
                 message += ": " + " / ".join(line.strip() for line in last_words)
         return RunState(
-            "Failed", JOB_FAILED, _clip(message), start_time=start, completion_time=completion
+            Phase.FAILED, Reason.JOB_FAILED, _clip(message), start_time=start, completion_time=completion
         )
-    if job_condition(job, "Succeeded"):
+    if job_condition(job, JobCondition.SUCCEEDED):
         result, problem = read_result(master_pod)
         message = f"PyTorchJob {name} succeeded"
         if result is not None and result.train_loss is not None:
@@ -197,33 +181,33 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
         if problem:
             message += f"; no run result: {problem}"
         return RunState(
-            "Succeeded",
-            JOB_SUCCEEDED,
+            Phase.SUCCEEDED,
+            Reason.JOB_SUCCEEDED,
             message,
             start_time=start,
             completion_time=completion,
             result=result,
             result_problem=problem,
         )
-    suspended = job_condition(job, "Suspended")
+    suspended = job_condition(job, JobCondition.SUSPENDED)
     if suspended:
         return RunState(
-            "Suspended", SUSPENDED, f"PyTorchJob {name} is suspended", job_suspended=True, start_time=start
+            Phase.SUSPENDED, Reason.SUSPENDED, f"PyTorchJob {name} is suspended", job_suspended=True, start_time=start
         )
-    restarting = job_condition(job, "Restarting")
+    restarting = job_condition(job, JobCondition.RESTARTING)
     if restarting:
         detail = restarting.get("message") or "a replica is restarting"
         return RunState(
-            "Running",
-            JOB_RESTARTING,
+            Phase.RUNNING,
+            Reason.JOB_RESTARTING,
             f"PyTorchJob {name} is restarting: {detail}",
             restarting=True,
             restart_message=_clip(str(detail)),
             start_time=start,
         )
-    if job_condition(job, "Running"):
-        return RunState("Running", JOB_RUNNING, f"PyTorchJob {name} is running", start_time=start)
-    return RunState("Pending", JOB_PENDING, f"PyTorchJob {name} is waiting for its pods", start_time=start)
+    if job_condition(job, JobCondition.RUNNING):
+        return RunState(Phase.RUNNING, Reason.JOB_RUNNING, f"PyTorchJob {name} is running", start_time=start)
+    return RunState(Phase.PENDING, Reason.JOB_PENDING, f"PyTorchJob {name} is waiting for its pods", start_time=start)
 
 
 def is_terminal(state: RunState | None) -> bool:
@@ -277,10 +261,10 @@ def run_summary(run: RunInfo, state: RunState | None, *, retired: bool = False) 
     """status.run (and an entry of status.previousRuns)."""
     out: dict[str, Any] = {"id": run.id, "configMap": run.config_map, "job": run.job}
     if state is None:
-        out.update(phase="Pending", reason=NOT_CREATED)
+        out.update(phase=Phase.PENDING, reason=Reason.NOT_CREATED)
         return out
     out["phase"] = state.phase
-    out["reason"] = SUPERSEDED if retired and state.phase not in TERMINAL_PHASES else state.reason
+    out["reason"] = Reason.SUPERSEDED if retired and state.phase not in TERMINAL_PHASES else state.reason
     if state.start_time:
         out["startTime"] = state.start_time
     if state.completion_time:
@@ -308,13 +292,13 @@ def experiment_phase(obs: Observation, suspend: bool) -> tuple[str, str, str]:
     state = obs.state
     if state is None:
         if obs.stall:
-            return "Pending", obs.stall.reason, obs.stall.message
-        return "Pending", JOB_PENDING, "Creating the run's PyTorchJob"
-    if state.phase == "Suspended" and not suspend:
+            return Phase.PENDING, obs.stall.reason, obs.stall.message
+        return Phase.PENDING, Reason.JOB_PENDING, "Creating the run's PyTorchJob"
+    if state.phase == Phase.SUSPENDED and not suspend:
         queue = f" {obs.queue}" if obs.queue else ""
-        return "Pending", JOB_QUEUED, f"Waiting for the job to be admitted (queue{queue})"
-    if suspend and state.phase == "Suspended":
-        return "Suspended", SUSPENDED, "spec.suspend is true: the run's pods were removed"
+        return Phase.PENDING, Reason.JOB_QUEUED, f"Waiting for the job to be admitted (queue{queue})"
+    if suspend and state.phase == Phase.SUSPENDED:
+        return Phase.SUSPENDED, Reason.SUSPENDED, "spec.suspend is true: the run's pods were removed"
     return state.phase, state.reason, state.message
 
 
@@ -326,25 +310,26 @@ def desired_conditions(
     summary = _PHASE_SENTENCE[phase]
     conds: dict[str, tuple[str, str, str]] = {}
     if state is not None and obs.run is not None:
-        conds["Created"] = ("True", JOB_CREATED, f"Created PyTorchJob {obs.run.job} for run {obs.run.id}")
+        created = f"Created PyTorchJob {obs.run.job} for run {obs.run.id}"
+        conds[Condition.CREATED] = ("True", Reason.JOB_CREATED, created)
     elif obs.stall is not None:
-        conds["Created"] = ("False", obs.stall.reason, obs.stall.message)
+        conds[Condition.CREATED] = ("False", obs.stall.reason, obs.stall.message)
     else:
-        conds["Created"] = ("False", NOT_CREATED, "The run's PyTorchJob does not exist yet")
-    running = phase == "Running" and not (state and state.restarting)
-    conds["Running"] = ("True", reason, message) if running else ("False", reason, summary)
+        conds[Condition.CREATED] = ("False", Reason.NOT_CREATED, "The run's PyTorchJob does not exist yet")
+    running = phase == Phase.RUNNING and not (state and state.restarting)
+    conds[Condition.RUNNING] = ("True", reason, message) if running else ("False", reason, summary)
     if state is not None and state.restarting:
-        conds["Restarting"] = ("True", JOB_RESTARTING, state.restart_message or message)
+        conds[Condition.RESTARTING] = ("True", Reason.JOB_RESTARTING, state.restart_message or message)
     else:
-        conds["Restarting"] = ("False", reason, summary)
-    conds["Progressing"] = progressing_condition(obs, phase, running, reason, summary)
-    conds["Succeeded"] = ("True", reason, message) if phase == "Succeeded" else ("False", reason, summary)
-    conds["Failed"] = ("True", reason, message) if phase == "Failed" else ("False", reason, summary)
-    conds["Suspended"] = ("True", reason, message) if phase == "Suspended" else ("False", reason, summary)
+        conds[Condition.RESTARTING] = ("False", reason, summary)
+    conds[Condition.PROGRESSING] = progressing_condition(obs, phase, running, reason, summary)
+    conds[Condition.SUCCEEDED] = ("True", reason, message) if phase == Phase.SUCCEEDED else ("False", reason, summary)
+    conds[Condition.FAILED] = ("True", reason, message) if phase == Phase.FAILED else ("False", reason, summary)
+    conds[Condition.SUSPENDED] = ("True", reason, message) if phase == Phase.SUSPENDED else ("False", reason, summary)
     if obs.stall is not None:
-        conds["Stalled"] = ("True", obs.stall.reason, obs.stall.message)
+        conds[Condition.STALLED] = ("True", obs.stall.reason, obs.stall.message)
     else:
-        conds["Stalled"] = ("False", AS_EXPECTED, "The operator can reconcile the experiment")
+        conds[Condition.STALLED] = ("False", Reason.AS_EXPECTED, "The operator can reconcile the experiment")
     return conds
 
 
@@ -360,14 +345,14 @@ def progressing_condition(
         since = f" (last at {view.last_progress})" if view.last_progress else ""
         return (
             "False",
-            PROGRESS_DEADLINE_EXCEEDED,
+            Reason.PROGRESS_DEADLINE_EXCEEDED,
             f"No training step completed within progressDeadlineSeconds ({view.deadline}s){since}; "
             "the run is not stopped: check its pods and logs",
         )
     fields = view.fields
     if "consumedSamples" in fields:
         target = f" of {obs.run.target_samples}" if obs.run is not None and obs.run.target_samples else ""
-        return ("True", STEPS_COMPLETING, f"Training: {fields['consumedSamples']}{target} samples consumed")
+        return ("True", Reason.STEPS_COMPLETING, f"Training: {fields['consumedSamples']}{target} samples consumed")
     return ("True", reason, "The run is training (no reading of its metrics yet)")
 
 
@@ -515,7 +500,7 @@ class Transition:
     message: str
 
 
-_WARNING_TYPES = frozenset({"Failed", "Stalled", "Restarting"})
+_WARNING_TYPES = frozenset({Condition.FAILED, Condition.STALLED, Condition.RESTARTING})
 
 
 def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Transition]:
@@ -526,20 +511,21 @@ def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Transiti
     new_run = (new.get("run") or {}).get("id")
     if old_run and new_run and old_run != new_run:
         message = f"Run {new_run} replaces run {old_run}: the run-defining spec changed"
-        out.append(Transition("Normal", "RunStarted", message))
+        out.append(Transition("Normal", Reason.RUN_STARTED, message))
     before = {c.get("type"): c for c in old.get("conditions") or []}
     for cond in new.get("conditions") or []:
-        if cond["type"] == "Progressing":
+        if cond["type"] == Condition.PROGRESSING:
             # Only the deadline is news; Progressing True with Running is the JobRunning event.
-            was = (before.get("Progressing") or {}).get("reason")
-            if cond["reason"] == PROGRESS_DEADLINE_EXCEEDED and was != PROGRESS_DEADLINE_EXCEEDED:
-                out.append(Transition("Warning", PROGRESS_DEADLINE_EXCEEDED, cond["message"]))
-            elif cond["status"] == "True" and was == PROGRESS_DEADLINE_EXCEEDED:
-                out.append(Transition("Normal", PROGRESS_RESUMED, f"Training steps complete again: {cond['message']}"))
+            was = (before.get(Condition.PROGRESSING) or {}).get("reason")
+            if cond["reason"] == Reason.PROGRESS_DEADLINE_EXCEEDED and was != Reason.PROGRESS_DEADLINE_EXCEEDED:
+                out.append(Transition("Warning", Reason.PROGRESS_DEADLINE_EXCEEDED, cond["message"]))
+            elif cond["status"] == "True" and was == Reason.PROGRESS_DEADLINE_EXCEEDED:
+                resumed = f"Training steps complete again: {cond['message']}"
+                out.append(Transition("Normal", Reason.PROGRESS_RESUMED, resumed))
             continue
         if cond["status"] != "True":
-            if cond["type"] == "Suspended" and (before.get("Suspended") or {}).get("status") == "True":
-                out.append(Transition("Normal", "Resumed", "spec.suspend is false: the run resumes"))
+            if cond["type"] == Condition.SUSPENDED and (before.get(Condition.SUSPENDED) or {}).get("status") == "True":
+                out.append(Transition("Normal", Reason.RESUMED, "spec.suspend is false: the run resumes"))
             continue
         prev = before.get(cond["type"])
         if prev and prev.get("status") == "True" and prev.get("reason") == cond["reason"]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from datamix import GROUP, KIND, PLURAL, VERSION
+from datamix.names import PHASES
 from datamix.runspec import OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX
 
 Schema = dict[str, Any]
@@ -532,7 +533,7 @@ STATUS = obj(
         "observedGeneration": integer("metadata.generation the status reflects.", minimum=0),
         "phase": string(
             "Pending, Running, Succeeded, Failed or Suspended.",
-            enum=["Pending", "Running", "Succeeded", "Failed", "Suspended"],
+            enum=list(PHASES),
         ),
         "shape": string("nodes x GPUs per node, e.g. 2x8.", maxLength=16),
         "loss": string("Latest or final training loss, for kubectl get.", maxLength=32),

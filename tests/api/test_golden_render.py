@@ -35,7 +35,7 @@ def _golden_path(path: Path) -> Path:
 
 
 def render_with_the_command(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    from datamix.cli import main
+    from datamix_cli.main import main
 
     capsys.readouterr()
     code = main(["render", str(path)])

@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, case: str) -> None:
     (tmp_path / "exp.yaml").write_text(experiment)
     (tmp_path / "train/mix_7b_dense.yaml").write_text(train)
     result = subprocess.run(
-        [sys.executable, "-m", "datamix.cli", "import", str(tmp_path / "exp.yaml")],
+        [sys.executable, "-m", "datamix_cli", "import", str(tmp_path / "exp.yaml")],
         capture_output=True,
         text=True,
         check=False,

@@ -61,7 +61,7 @@ def test_render_is_byte_identical_across_processes(tmp_path: Path) -> None:
     file.write_text(yaml.safe_dump(valid_manifest()))
     outputs = {
         subprocess.run(
-            [sys.executable, "-m", "datamix.cli", "render", str(file)],
+            [sys.executable, "-m", "datamix_cli", "render", str(file)],
             capture_output=True,
             check=True,
             env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"},

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "datamix.cli", *args], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-m", "datamix_cli", *args], capture_output=True, text=True, cwd=REPO, check=False
     )
 
 

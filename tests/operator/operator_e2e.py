@@ -83,7 +83,7 @@ class OperatorProcess:
 
     def start(self, env: Mapping[str, str] | None = None, wait: bool = True) -> OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "datamix.cli", "operator"]
+        cmd = [sys.executable, "-m", "datamix_cli", "operator"]
         for ns in self.namespaces:
             cmd += ["--namespace", ns]
         cmd += [

@@ -61,7 +61,7 @@ def test_imported_seed_baseline_is_accepted(cluster: Any, k8s_client: Any, admis
     if not SEED.is_file():
         pytest.skip(f"{SEED} is absent (the shared seeds are not mounted here)")
     out = tmp_path / "baseline.yaml"
-    subprocess.run([sys.executable, "-m", "datamix.cli", "import", str(SEED), "-o", str(out)], check=True,
+    subprocess.run([sys.executable, "-m", "datamix_cli", "import", str(SEED), "-o", str(out)], check=True,
                    capture_output=True, text=True)
     manifest = yaml.safe_load(out.read_text())
     res = cluster.kubectl("apply", "-n", admission_ns, "-f", str(out), check=False)

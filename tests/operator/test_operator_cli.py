@@ -10,12 +10,12 @@ from datamix_operator.config import OperatorConfig
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "datamix.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "datamix_cli", *args], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin"}, timeout=60)
 
 
 def test_help_lists_the_operator_without_importing_kopf() -> None:
-    code = "import sys, datamix.cli; datamix.cli.build_parser(); print('kopf' in sys.modules)"
+    code = "import sys, datamix_cli.main; datamix_cli.main.build_parser(); print('kopf' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     assert "--all-namespaces" in run("operator", "--help").stdout

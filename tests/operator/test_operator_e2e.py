@@ -75,7 +75,7 @@ def test_apply_creates_exactly_one_configmap_and_job_equal_to_datamix_render(
     cluster.kubectl("apply", "-n", namespace, "-f", str(path))
     wait_for(lambda: list_jobs(k8s_client, namespace), 60, description="the PyTorchJob")
     rendered = list(yaml.safe_load_all(subprocess.run(
-        [sys.executable, "-m", "datamix.cli", "render", str(path), "--namespace", namespace],
+        [sys.executable, "-m", "datamix_cli", "render", str(path), "--namespace", namespace],
         capture_output=True, text=True, check=True,
         env={**os.environ, "DATAMIX_TRAINER_IMAGE": TRAINER_IMAGE},  # the operator's --trainer-image
     ).stdout))

@@ -222,7 +222,7 @@ def test_unknown_override_is_a_user_error() -> None:
 def test_datamix_render_prints_configmap_and_job(tmp_path: Any) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump(manifest()))
-    out = subprocess.run([sys.executable, "-m", "datamix.cli", "render", str(path), "-n", "ns"],
+    out = subprocess.run([sys.executable, "-m", "datamix_cli", "render", str(path), "-n", "ns"],
                          capture_output=True, text=True, check=True).stdout
     docs = list(yaml.safe_load_all(out))
     assert docs == render_children(manifest(), "ns")

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from datamix_operator.render import render_children
 from datamix_operator.status import (
-    CONDITION_TYPES,
     Observation,
     RunInfo,
     Stall,
@@ -22,6 +21,7 @@ from datamix_operator.status import (
 )
 from operator_fakes import manifest, result_message
 
+from datamix.names import CONDITION_TYPES
 from datamix.runspec import RunResult
 from datamix.schema import STATUS
 

@@ -70,7 +70,7 @@ def test_bad_data_file_fails_before_step_one_with_the_file_named(demo_dir: Path,
         victim.unlink()
     spec = quickstart_spec(data, tmp_path / "out", training={"trainSteps": 5})
     result = subprocess.run(
-        [sys.executable, "-m", "datamix_trainer", "train", "--run-spec", str(write_spec(spec, tmp_path))],
+        [sys.executable, "-m", "datamix_cli", "train", "--run-spec", str(write_spec(spec, tmp_path))],
         capture_output=True,
         text=True,
         env=trainer_env(),

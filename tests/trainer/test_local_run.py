@@ -26,7 +26,7 @@ def datamix(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
     env = trainer_env()
     env.pop("DATAMIX_METRICS_PORT")  # `datamix run` sets its own
     return subprocess.run(
-        [sys.executable, "-m", "datamix.cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+        [sys.executable, "-m", "datamix_cli", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
     )
 
 

@@ -67,7 +67,7 @@ def test_series_carry_only_experiment_run_and_dataset_labels() -> None:
 
 def test_trainer_commands_import_without_torch_or_megatron() -> None:
     code = (
-        "import sys, datamix_trainer.commands, datamix.cli; datamix.cli.build_parser(); "
+        "import sys, datamix_trainer.commands, datamix_cli.main; datamix_cli.main.build_parser(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'numpy')]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -79,7 +79,7 @@ def test_train_without_a_run_spec_is_a_one_line_error() -> None:
     env = trainer_env()
     env.pop("DATAMIX_RUN_SPEC", None)
     result = subprocess.run(
-        [sys.executable, "-m", "datamix.cli", "train"], capture_output=True, text=True, env=env, cwd=REPO
+        [sys.executable, "-m", "datamix_cli", "train"], capture_output=True, text=True, env=env, cwd=REPO
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (

@@ -217,7 +217,7 @@ def report(paths: RunPaths) -> int:
 
 def local_train_command(run_spec: Path, nproc: int) -> list[str]:
     """`datamix train` on this machine: bare for one process, under torchrun for several."""
-    train = ["-m", "datamix_trainer", "train", "--run-spec", str(run_spec)]
+    train = ["-m", "datamix_cli", "train", "--run-spec", str(run_spec)]
     if nproc == 1:
         return [sys.executable, *train]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *train]

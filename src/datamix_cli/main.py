@@ -15,7 +15,7 @@ import yaml
 from datamix_operator import commands as operator_commands
 from datamix_trainer import commands as trainer_commands
 
-from datamix.errors import UserError, run_command
+from datamix.errors import UserError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_commands.register(sub)
     operator_commands.register(sub)
     return parser
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run the chosen subcommand's `func`; a UserError is one line, exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
