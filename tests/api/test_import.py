@@ -200,7 +200,7 @@ def test_hostile_config_is_refused_fast_in_one_line(tmp_path: Path, case: str) -
     assert elapsed < 1.0, f"{case} took {elapsed:.2f} s"
     assert peak < 256 * 2**20, f"{case} peaked at {peak / 2**20:.0f} MiB"
     result = subprocess.run(
-        [sys.executable, "-m", "datamix.cli", "import", str(tmp_path / "exp.yaml")],
+        [sys.executable, "-m", "datamix_cli", "import", str(tmp_path / "exp.yaml")],
         capture_output=True, text=True, check=False, timeout=60,
     )
     assert result.returncode == 2, result.stderr
