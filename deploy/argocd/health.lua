@@ -58,6 +58,22 @@ if active["Stalled"] ~= nil then
   hs.message = describe(active["Stalled"], "The operator cannot make progress")
   return hs
 end
+-- Like a Deployment's progressDeadlineSeconds: a run that completes no training step within
+-- spec.progressDeadlineSeconds is Degraded (it keeps running; the condition clears on progress).
+local progressing = nil
+if status.conditions ~= nil then
+  for _, cond in ipairs(status.conditions) do
+    if cond.type == "Progressing" and cond.status == "False" and cond.reason == "ProgressDeadlineExceeded"
+        and current(cond.observedGeneration) then
+      progressing = cond
+    end
+  end
+end
+if progressing ~= nil and phase == "Running" then
+  hs.status = "Degraded"
+  hs.message = describe(progressing, "No training step completed within the progress deadline")
+  return hs
+end
 if active["Failed"] ~= nil or phase == "Failed" then
   hs.status = "Degraded"
   if active["Failed"] ~= nil then
@@ -103,8 +119,16 @@ elseif active["Created"] ~= nil then
 elseif phase ~= nil then
   text = "Phase " .. tostring(phase)
 end
+-- Live progress (read by the operator from the trainer while the run trains).
 if status.progress ~= nil and status.progress.percent ~= nil then
-  text = text .. " (" .. tostring(status.progress.percent) .. "% of samples)"
+  local detail = tostring(status.progress.percent) .. "% of samples"
+  if status.loss ~= nil then
+    detail = detail .. ", loss " .. tostring(status.loss)
+  end
+  if status.progress.estimatedCompletionTime ~= nil then
+    detail = detail .. ", done about " .. tostring(status.progress.estimatedCompletionTime)
+  end
+  text = text .. " (" .. detail .. ")"
 end
 hs.message = text
 return hs

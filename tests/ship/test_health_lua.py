@@ -87,7 +87,14 @@ def expected_health(obj: dict[str, Any]) -> str:
                if c.get("status") == "True"
                and (generation is None or c.get("observedGeneration", generation) >= generation)}
     phase = status.get("phase")
+    deadline_exceeded = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        and (generation is None or c.get("observedGeneration", generation) >= generation)
+        for c in status.get("conditions") or []
+    )
     if "Stalled" in current or "Failed" in current or phase == "Failed":
+        return "Degraded"
+    if deadline_exceeded and phase == "Running":
         return "Degraded"
     if "Suspended" in current or phase == "Suspended":
         return "Suspended"
