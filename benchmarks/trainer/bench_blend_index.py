@@ -72,7 +72,7 @@ def main() -> None:
                 n = args.tokens_per_source // docs
                 builder.add_document(rng.integers(0, 256, n, dtype=np.uint16), [n])
             builder.finalize(str(prefix) + ".idx")
-            datasets.append(DatasetSpec(name=f"source-{i:02d}", path=str(prefix), weight=weights[i]))
+            datasets.append(DatasetSpec(name=f"source-{i:02d}", path=str(prefix), share=weights[i]))
 
         from megatron.core.datasets import helpers
 

@@ -27,9 +27,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from datamix.errors import UserError
+from datamix.experiment import RunPlan, plan_run, queue_name
 from datamix.names import (
     ANNOTATION_SUSPEND,
     JOB_NAME_LABEL,
@@ -48,7 +50,7 @@ from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
 from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
 from datamix_operator.metrics import Metrics
 from datamix_operator.progress import ProgressTracker
-from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_children
+from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_run
 from datamix_operator.status import (
     Observation,
     ProgressView,
@@ -107,6 +109,16 @@ class Conflict(Exception):
     of the same name whose children the garbage collector has not removed yet)."""
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    """An experiment generation's current run: its plan and the children rendered from it."""
+
+    version: tuple[str, int]  # (uid, generation): the spec, and so the plan, changes only with these
+    plan: RunPlan
+    configmap: dict[str, Any]
+    job: dict[str, Any]
+
+
 class Reconciler:
     def __init__(
         self,
@@ -140,7 +152,7 @@ class Reconciler:
         self._job_seen: dict[tuple[str, str], str] = {}
         self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
         self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
-        self._rendered: dict[tuple[str, str], tuple[tuple[str, int], Any]] = {}
+        self._planned: dict[tuple[str, str], PlannedRun] = {}
 
     # ------------------------------------------------------------------------------------------
     # triggers
@@ -178,8 +190,8 @@ class Reconciler:
             self._masters.pop(meta.get("uid", ""), None)
         else:
             self._job_seen[key] = seen
-        cached = self._rendered.get((namespace, experiment))
-        current_job = cached[1][2].job if cached is not None else None
+        planned = self._planned.get((namespace, experiment))
+        current_job = planned.plan.name if planned is not None else None
         # a job that is not the current run's: look for all of them (retire what is stale)
         self.reconcile(namespace, experiment, full=not deleted and meta.get("name") != current_job)
 
@@ -187,7 +199,7 @@ class Reconciler:
         key = (namespace, name)
         self._written.pop(key, None)
         self._listed.discard(key)
-        self._rendered.pop(key, None)
+        self._planned.pop(key, None)
         self._failures.pop(key, None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
@@ -264,10 +276,10 @@ class Reconciler:
 
         # 1. the current run as the spec defines it
         run: RunInfo | None = None
-        configmap: dict[str, Any] | None = None
-        job_body: dict[str, Any] | None = None
+        planned: PlannedRun | None = None
         try:
-            configmap, job_body, run = self._render(namespace, exp)
+            planned = self._plan(namespace, exp)
+            run = RunInfo.of(planned.plan)
         except (UserError, RunSpecError) as err:
             stall = Stall(Reason.INVALID_SPEC, str(err))
         valid = run is not None
@@ -305,23 +317,23 @@ class Reconciler:
             stall = stall or crd_missing(err)
             retry = self.crd_retry_seconds
         if not valid and old_status.get("run"):
-            run = self._recorded_run(namespace, old_status["run"])  # keep following the last valid run
+            run = self._recorded_run(namespace, name, old_status["run"])  # keep following the last valid run
 
         # 3. create-or-get the current run's children, apply spec.suspend
         live: dict[str, Any] | None = None
         if jobs is not None and run is not None:
             live = jobs.get(run.job)
-            if live is None and valid and configmap is not None and job_body is not None:
+            if live is None and planned is not None:
                 try:
-                    live = self._create_children(namespace, exp, configmap, job_body)
+                    live = self._create_children(namespace, exp, planned)
                 except ResourceMissing as err:
                     stall = crd_missing(err)
                     retry = self.crd_retry_seconds
                 except Conflict as err:
                     stall = Stall(Reason.CHILD_CONFLICT, str(err))
                     retry = 10.0
-            if live is not None and valid:
-                live = self._apply_suspend(namespace, exp, live)
+            if live is not None and planned is not None:
+                live = self._apply_suspend(namespace, planned.plan, live)
 
         # 4. observe
         state = self._observe(namespace, live) if live is not None else None
@@ -342,7 +354,7 @@ class Reconciler:
         ):
             retired.append(_as_retired(old_run))  # its job is gone already: record it as last seen
         previous = merge_previous_runs(old_status.get("previousRuns") or [], retired)
-        queue = (exp["spec"].get("resources") or {}).get("queueName")
+        queue = queue_name(exp)
         recorded = old_status.get("progress") if run is not None and old_run.get("id") == run.id else None
         view = self._progress(namespace, exp, run, state, live, recorded)
         obs = Observation(
@@ -381,29 +393,22 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------
     # steps
 
-    def _render(self, namespace: str, exp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], RunInfo]:
-        """The current run's children, cached per experiment UID and generation (the spec, and
-        so the rendering, changes only with the generation)."""
+    def _plan(self, namespace: str, exp: dict[str, Any]) -> PlannedRun:
+        """The current run, planned and rendered once per experiment UID and generation."""
         meta = exp["metadata"]
         version = (meta["uid"], int(meta.get("generation") or 0))
-        cached = self._rendered.get((namespace, meta["name"]))
-        if cached is not None and cached[0] == version:
-            configmap, job_body, run = cached[1]
-        else:
-            configmap, job_body = render_children(exp, namespace, trainer_image_default=self.trainer_image)
-            run = RunInfo(
-                id=configmap["metadata"]["labels"][LABEL_RUN],
-                config_map=configmap["metadata"]["name"],
-                job=job_body["metadata"]["name"],
-                spec=RunSpec.from_json(configmap["data"][RUN_SPEC_KEY]),
-            )
-            self._rendered[(namespace, meta["name"])] = (version, (configmap, job_body, run))
-        return copy.deepcopy(configmap), copy.deepcopy(job_body), run
+        planned = self._planned.get((namespace, meta["name"]))
+        if planned is None or planned.version != version:
+            plan = plan_run(exp, namespace)
+            configmap, job = render_run(plan, trainer_image_default=self.trainer_image)
+            planned = PlannedRun(version, plan, configmap, job)
+            self._planned[(namespace, meta["name"])] = planned
+        return planned
 
-    def _create_children(
-        self, namespace: str, exp: dict[str, Any], configmap: dict[str, Any], job: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _create_children(self, namespace: str, exp: dict[str, Any], planned: PlannedRun) -> dict[str, Any]:
         uid = exp["metadata"]["uid"]
+        # the API calls below may not change the kept rendering
+        configmap, job = copy.deepcopy(planned.configmap), copy.deepcopy(planned.job)
         try:
             self.kube.create_configmap(namespace, configmap)
         except AlreadyExists:
@@ -430,13 +435,13 @@ class Reconciler:
         crash_point("job-created")
         return live
 
-    def _apply_suspend(self, namespace: str, exp: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    def _apply_suspend(self, namespace: str, plan: RunPlan, job: dict[str, Any]) -> dict[str, Any]:
         """Act on a change of spec.suspend. With a Kueue queue, runPolicy.suspend is Kueue's: the
         operator sets it only when the user's spec.suspend turns true, and never undoes Kueue."""
         if job_condition(job, JobCondition.SUCCEEDED) or job_condition(job, JobCondition.FAILED):
             return job
-        want = bool(exp["spec"].get("suspend", False))
-        queue = (exp["spec"].get("resources") or {}).get("queueName")
+        want = plan.suspend
+        queue = plan.queue
         recorded = ((job["metadata"].get("annotations") or {}).get(ANNOTATION_SUSPEND))
         actual = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
         patch: dict[str, Any] = {}
@@ -505,9 +510,14 @@ class Reconciler:
         info = RunInfo(id=run_id, config_map=name, job=name)
         return run_summary(info, self._observe(namespace, job), retired=True)
 
-    def _recorded_run(self, namespace: str, recorded: Mapping[str, Any]) -> RunInfo | None:
+    def _recorded_run(self, namespace: str, name: str, recorded: Mapping[str, Any]) -> RunInfo | None:
+        """The run the status records, while the spec is invalid: the plan this process made of it,
+        else (after a restart) the run spec in its ConfigMap."""
         if not recorded.get("id") or not recorded.get("job"):
             return None
+        planned = self._planned.get((namespace, name))
+        if planned is not None and planned.plan.id == recorded["id"]:
+            return RunInfo.of(planned.plan)
         spec = None
         cm = self.kube.get_configmap(namespace, recorded.get("configMap") or recorded["job"])
         if cm is not None:

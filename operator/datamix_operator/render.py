@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from datamix.errors import UserError
-from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH, build_run_spec, run_id, run_name
+from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH, RunPlan, plan_run
 from datamix.names import (
     ANNOTATION_SUSPEND,
     KUEUE_QUEUE_LABEL,
@@ -102,53 +103,52 @@ def quantity_mib(value: int | str) -> int:
     return math.ceil(quantity_bytes(value) / _SUFFIXES["Mi"])
 
 
-def child_labels(manifest: dict[str, Any]) -> dict[str, str]:
+def child_labels(plan: RunPlan) -> dict[str, str]:
     """The project's own labels; never the parent's (Argo CD would prune children carrying its
     tracking label)."""
     return {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_PART_OF: PART_OF,
-        LABEL_EXPERIMENT: manifest["metadata"]["name"],
-        LABEL_RUN: run_id(manifest),
+        LABEL_EXPERIMENT: plan.owner.name,
+        LABEL_RUN: plan.id,
     }
 
 
-def owner_references(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    meta = manifest["metadata"]
-    if not meta.get("uid"):
+def owner_references(plan: RunPlan) -> list[dict[str, Any]]:
+    owner = plan.owner
+    if not owner.uid:
         return []  # rendered offline: the API server has not assigned a uid yet
     return [
         {
-            "apiVersion": manifest["apiVersion"],
-            "kind": manifest["kind"],
-            "name": meta["name"],
-            "uid": meta["uid"],
+            "apiVersion": owner.api_version,
+            "kind": owner.kind,
+            "name": owner.name,
+            "uid": owner.uid,
             "controller": True,
             "blockOwnerDeletion": True,
         }
     ]
 
 
-def child_metadata(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
+def child_metadata(plan: RunPlan) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "name": run_name(manifest),
-        "namespace": namespace,
-        "labels": child_labels(manifest),
+        "name": plan.name,
+        "namespace": plan.namespace,
+        "labels": child_labels(plan),
     }
-    owners = owner_references(manifest)
+    owners = owner_references(plan)
     if owners:
         meta["ownerReferences"] = owners
     return meta
 
 
-def render_configmap(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
+def render_configmap(plan: RunPlan) -> dict[str, Any]:
     """The ConfigMap holding the run spec that every trainer process reads."""
-    spec = build_run_spec(manifest, namespace=namespace)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": child_metadata(manifest, namespace),
-        "data": {RUN_SPEC_KEY: spec.to_json()},
+        "metadata": child_metadata(plan),
+        "data": {RUN_SPEC_KEY: plan.spec.to_json()},
     }
 
 
@@ -216,7 +216,7 @@ def _container_resources(resources: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _env(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _env(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": RUN_SPEC_ENV, "value": RUN_SPEC_PATH}]
     for item in spec.get("env") or []:
         if item["name"] in RESERVED_ENV:
@@ -230,8 +230,8 @@ def _env(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return env
 
 
-def _pod_template(manifest: dict[str, Any], *, trainer_image_default: str) -> dict[str, Any]:
-    spec = manifest["spec"]
+def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any]:
+    spec = plan.workload
     resources = spec["resources"]
     datasets = spec["datasets"]
     output = spec.get("output") or {}
@@ -243,7 +243,7 @@ def _pod_template(manifest: dict[str, Any], *, trainer_image_default: str) -> di
         {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": RUN_SPEC_VOLUME, "configMap": {"name": run_name(manifest)}},
+        {"name": RUN_SPEC_VOLUME, "configMap": {"name": plan.name}},
         {
             "name": OUTPUT_VOLUME,
             **(_volume_source(output["volume"], read_only=False) if output.get("volume") else {"emptyDir": {}}),
@@ -291,27 +291,21 @@ def _pod_template(manifest: dict[str, Any], *, trainer_image_default: str) -> di
 
     pod_meta = (spec.get("podTemplate") or {}).get("metadata") or {}
     # The project's labels win: a user label `datamix.io/run` would detach the pods from their run.
-    labels = {**dict(sorted((pod_meta.get("labels") or {}).items())), **child_labels(manifest)}
+    labels = {**dict(sorted((pod_meta.get("labels") or {}).items())), **child_labels(plan)}
     metadata: dict[str, Any] = {"labels": labels}
     if pod_meta.get("annotations"):
         metadata["annotations"] = dict(sorted(pod_meta["annotations"].items()))
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def suspend_requested(manifest: dict[str, Any]) -> bool:
-    return bool(manifest["spec"].get("suspend", False))
-
-
-def render_pytorchjob(
-    manifest: dict[str, Any], namespace: str, *, trainer_image_default: str = DEFAULT_TRAINER_IMAGE
-) -> dict[str, Any]:
-    """The Kubeflow PyTorchJob of the manifest's current run: Master 1 + Workers nodes-1."""
-    spec = manifest["spec"]
+def render_pytorchjob(plan: RunPlan, *, trainer_image_default: str = DEFAULT_TRAINER_IMAGE) -> dict[str, Any]:
+    """The Kubeflow PyTorchJob of a run: Master 1 + Workers nodes-1."""
+    spec = plan.workload
     resources = spec["resources"]
     nodes = int(resources["nodes"])
     gpus = int(resources.get("gpusPerNode", 0))
-    queue = resources.get("queueName")
-    template = _pod_template(manifest, trainer_image_default=trainer_image_default)
+    queue = plan.queue
+    template = _pod_template(plan, trainer_image_default=trainer_image_default)
 
     replicas: dict[str, Any] = {
         "Master": {"replicas": 1, "restartPolicy": RESTART_POLICY, "template": template},
@@ -322,7 +316,7 @@ def render_pytorchjob(
             "restartPolicy": RESTART_POLICY,
             "template": copy.deepcopy(template),
         }
-    suspend = suspend_requested(manifest)
+    suspend = plan.suspend
     run_policy: dict[str, Any] = {
         "cleanPodPolicy": CLEAN_POD_POLICY,
         "backoffLimit": BACKOFF_LIMIT,
@@ -332,7 +326,7 @@ def render_pytorchjob(
     if spec.get("activeDeadlineSeconds"):
         run_policy["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
 
-    metadata = child_metadata(manifest, namespace)
+    metadata = child_metadata(plan)
     if queue:
         metadata["labels"][KUEUE_QUEUE_LABEL] = queue
     metadata["annotations"] = {ANNOTATION_SUSPEND: "true" if suspend else "false"}
@@ -348,16 +342,17 @@ def render_pytorchjob(
     }
 
 
+def render_run(plan: RunPlan, *, trainer_image_default: str = DEFAULT_TRAINER_IMAGE) -> list[dict[str, Any]]:
+    """Every object the operator creates for a run, in creation order: the run-spec ConfigMap, then
+    the PyTorchJob that mounts it."""
+    return [render_configmap(plan), render_pytorchjob(plan, trainer_image_default=trainer_image_default)]
+
+
 def render_children(
     manifest: dict[str, Any],
     namespace: str | None = None,
     *,
     trainer_image_default: str = DEFAULT_TRAINER_IMAGE,
 ) -> list[dict[str, Any]]:
-    """Every object the operator creates for the manifest's current run, in creation order:
-    the run-spec ConfigMap, then the PyTorchJob that mounts it."""
-    ns = namespace or manifest["metadata"].get("namespace") or "default"
-    return [
-        render_configmap(manifest, ns),
-        render_pytorchjob(manifest, ns, trainer_image_default=trainer_image_default),
-    ]
+    """Every object the operator creates for the manifest's current run (`datamix render`)."""
+    return render_run(plan_run(manifest, namespace), trainer_image_default=trainer_image_default)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datamix.experiment import RunPlan, mixture_shares, suspend_requested
 from datamix.names import (
     CONDITION_TYPES,
     PYTORCHJOB_CONTAINER,
@@ -23,7 +24,7 @@ from datamix.names import (
     Phase,
     Reason,
 )
-from datamix.runspec import RunResult, RunSpec, RunSpecError, normalise
+from datamix.runspec import RunResult, RunSpec, RunSpecError
 
 MAX_PREVIOUS_RUNS = 16
 MAX_MESSAGE = 1024
@@ -66,12 +67,16 @@ class RunState:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The identity and plan of a run: its id, child names, and run spec."""
+    """What the status says about a run: its id, child names and, when known, its run spec."""
 
     id: str
     config_map: str
     job: str
     spec: RunSpec | None = None
+
+    @classmethod
+    def of(cls, plan: RunPlan) -> RunInfo:
+        return cls(id=plan.id, config_map=plan.name, job=plan.name, spec=plan.spec)
 
     @property
     def target_samples(self) -> int | None:
@@ -223,9 +228,10 @@ def format_loss(loss: float) -> str:
 
 
 def normalised_mixture(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The mixture of a spec that could not be planned (shares of what it says, if they make one)."""
     mixture = ((spec.get("datasets") or {}).get("mixture")) or []
     try:
-        shares = normalise([float(d["weight"]) for d in mixture])
+        shares = mixture_shares(mixture)
     except (RunSpecError, KeyError, TypeError, ValueError):
         return []
     return [{"name": d["name"], "share": s} for d, s in zip(mixture, shares, strict=True)]
@@ -417,7 +423,7 @@ def desired_status(experiment: Mapping[str, Any], obs: Observation, now: str) ->
     spec = experiment.get("spec") or {}
     old = experiment.get("status") or {}
     generation = int(meta.get("generation") or 0)
-    suspend = bool(spec.get("suspend", False))
+    suspend = suspend_requested(experiment)
     resources = spec.get("resources") or {}
     phase, reason, message = experiment_phase(obs, suspend)
 
@@ -429,7 +435,7 @@ def desired_status(experiment: Mapping[str, Any], obs: Observation, now: str) ->
     state = obs.state
     run = obs.run
     if run is not None and run.spec is not None:
-        status["mixture"] = [{"name": d.name, "share": d.weight} for d in run.spec.datasets]
+        status["mixture"] = [{"name": d.name, "share": d.share} for d in run.spec.datasets]
     else:
         mixture = normalised_mixture(spec)
         if mixture:

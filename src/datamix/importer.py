@@ -15,27 +15,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from datamix import API_VERSION, KIND
 from datamix.errors import UserError
+from datamix.experiment import DEFAULT_BASE_DIR
 from datamix.presets import MODEL_PARALLEL_SETTINGS, MODEL_SETTINGS, PRESETS
 from datamix.schema import MAX_NAME_LENGTH
+from datamix.yamlfile import read_yaml_documents
 
-DATA_MOUNT = "/data"
 _INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
 # Bounds on what a config may make the importer do. Real OpenSeek/FlagScale configs have a few
 # hundred values and short strings; YAML aliases and `${...}` chains can multiply a small file
 # exponentially (a "billion laughs"), so the resolved tree (the OpenSeek baseline has 398 values),
-# each string and the number of lookups are capped, and the file is read only up to a size.
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
+# each string and the number of lookups are capped (and datamix.yamlfile reads a file only up to a size).
 MAX_NODES = 20_000
 MAX_DEPTH = 64
 MAX_STRING_LENGTH = 64 * 1024
 MAX_LOOKUPS = 10_000
-# libyaml parses in C and refuses nesting deeper than 1000 levels at once; the pure-Python parser
-# takes seconds on a few thousand nested brackets before it overflows the stack.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Fields that have a place elsewhere or no meaning on Kubernetes, with the advice we give.
 _ADVICE = {
     "train.data.valid_data_path": "set validationPath on each mixture entry instead",
@@ -89,24 +84,11 @@ def import_experiment(config: Path, base_dir: str | None = None) -> tuple[dict[s
 
 
 def _load_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise UserError(f"{what}: {path} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is it a config?")
-        doc = yaml.load(data, Loader=_YAML_LOADER)  # a safe loader: CSafeLoader or SafeLoader
-    except OSError as err:
-        raise UserError(f"{what}: cannot read {path} ({err.strerror}); check the path") from err
-    except RecursionError as err:
-        raise UserError(f"{what}: {path} is nested too deeply to be a config") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(
-            f"{what}: malformed YAML in {path}{where}: {getattr(err, 'problem', err)}; fix the syntax"
-        ) from err
-    if not isinstance(doc, dict):
-        raise UserError(f"{what}: {path} must hold a YAML mapping, not {type(doc).__name__}")
+    docs = read_yaml_documents(path, what)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        found = type(docs[0]).__name__ if len(docs) == 1 else f"{len(docs)} documents"
+        raise UserError(f"{what}: {path} must hold one YAML mapping, not {found}")
+    doc: dict[str, Any] = docs[0]
     return doc
 
 
@@ -360,7 +342,7 @@ def _mixture(reader: _Reader, base_dir: str | None, warnings: list[str]) -> tupl
         base = source_base
     else:
         tail = posixpath.basename(source_base) if source_base not in (".", "..") else ""
-        base = posixpath.join(DATA_MOUNT, tail) if tail else DATA_MOUNT
+        base = posixpath.join(DEFAULT_BASE_DIR, tail) if tail else DEFAULT_BASE_DIR
         warnings.append(
             f"experiment.dataset_base_dir {source_base!r} is relative; the manifest's datasets.baseDir is {base!r} "
             f"under the data mount (pass --base-dir to choose another)"

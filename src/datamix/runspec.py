@@ -45,8 +45,16 @@ class RunSpecError(ValueError):
 class DatasetSpec:
     name: str
     path: str  # absolute Megatron indexed-dataset prefix (`<path>.bin`, `<path>.idx`)
-    weight: float  # normalised share; all weights of a run sum to 1
+    share: float  # the dataset's share of the mixture (weight / sum of weights); a run's shares sum to 1
     validation_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # The document calls the share `weight` (run spec v1: Megatron's name for it).
+        return {"name": self.name, "path": self.path, "weight": self.share, "validation_path": self.validation_path}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DatasetSpec:
+        return cls(name=raw["name"], path=raw["path"], share=raw["weight"], validation_path=raw.get("validation_path"))
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ class TrainingSpec:
 
     @property
     def train_steps(self) -> int:
-        return math.ceil(self.train_samples / self.global_batch_size)
+        return train_steps(self.train_samples, self.global_batch_size)
 
 
 @dataclass(frozen=True)
@@ -98,11 +106,11 @@ class RunSpec:
     version: str = field(default=RUN_SPEC_VERSION)
 
     @property
-    def weights(self) -> list[float]:
-        return [d.weight for d in self.datasets]
+    def shares(self) -> list[float]:
+        return [d.share for d in self.datasets]
 
     def to_json(self) -> str:
-        return _dumps(asdict(self))
+        return _dumps({**asdict(self), "datasets": [d.to_dict() for d in self.datasets]})
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
@@ -118,15 +126,32 @@ class RunSpec:
             spec = cls(
                 **{
                     **raw,
-                    "datasets": tuple(DatasetSpec(**d) for d in raw["datasets"]),
+                    "datasets": tuple(DatasetSpec.from_dict(d) for d in raw["datasets"]),
                     "model": ModelSpec(**raw["model"]),
                     "training": TrainingSpec(**training),
                 }
             )
         except (KeyError, TypeError, json.JSONDecodeError) as err:
             raise RunSpecError(f"malformed run spec: {err}") from err
-        check_weights(spec.weights)
+        check_weights(spec.shares)
         return spec
+
+
+def train_steps(train_samples: int, global_batch_size: int) -> int:
+    """Optimizer steps of a run: whole global batches, the last one reaching or passing train_samples."""
+    return math.ceil(train_samples / global_batch_size)
+
+
+def batch_problem(global_batch_size: int, micro_batch_size: int, data_parallel_size: int) -> str | None:
+    """The batch rule: every step is a whole number of micro batches on every data-parallel rank.
+    What is wrong, or None. The schema's CEL rules are the API server's copy of this rule (a test
+    holds the two to the same cases); callers name the field and the fix."""
+    if global_batch_size % (micro_batch_size * data_parallel_size):
+        return (
+            f"{global_batch_size} is not a multiple of microBatchSize x data-parallel size "
+            f"({micro_batch_size} x {data_parallel_size})"
+        )
+    return None
 
 
 def normalise(weights: list[float]) -> list[float]:

@@ -45,14 +45,20 @@ def validate_manifest(manifest: dict[str, Any]) -> list[Problem]:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         problems.append(Problem("metadata.name", "Required value: give the experiment a name"))
         return problems
-    body = {k: v for k, v in manifest.items() if k != "status"}
-    _check(body, root_schema(), "", problems)
+    problems.extend(schema_problems(manifest))
     if not problems:
         try:
             build_run_spec(manifest)
         except UserError as err:
             path, _, message = str(err).partition(": ")
             problems.append(Problem(path, message))
+    return problems
+
+
+def schema_problems(manifest: dict[str, Any]) -> list[Problem]:
+    """What the API server would refuse at admission: the schema and its CEL rules."""
+    problems: list[Problem] = []
+    _check({k: v for k, v in manifest.items() if k != "status"}, root_schema(), "", problems)
     return problems
 
 

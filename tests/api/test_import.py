@@ -31,8 +31,8 @@ def assert_exact(manifest: dict, pairs: list[tuple[float, str]]) -> None:
     total = math.fsum(w for w, _ in pairs)
     spec = build_run_spec(manifest)
     for (weight, _), dataset in zip(pairs, spec.datasets, strict=True):
-        assert abs(dataset.weight - weight / total) <= 1e-9
-    assert abs(math.fsum(spec.weights) - 1) <= 1e-12
+        assert abs(dataset.share - weight / total) <= 1e-9
+    assert abs(math.fsum(spec.shares) - 1) <= 1e-12
     assert len({m["name"] for m in mixture}) == len(mixture)
     assert validate_manifest(manifest) == []
 

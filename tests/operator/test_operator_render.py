@@ -17,12 +17,12 @@ from datamix_operator.render import (
 from operator_fakes import manifest
 
 from datamix.errors import UserError
-from datamix.experiment import run_id
+from datamix.experiment import plan_run, run_id
 from datamix.runspec import METRICS_PORT, RUN_SPEC_MOUNT_DIR, RUN_SPEC_PATH, TRAINER_COMMAND, RunSpec
 
 
 def job_of(m: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    return render_pytorchjob(m, "ns", trainer_image_default="trainer:test", **kw)
+    return render_pytorchjob(plan_run(m, "ns"), trainer_image_default="trainer:test", **kw)
 
 
 def template(job: dict[str, Any], replica: str = "Master") -> dict[str, Any]:

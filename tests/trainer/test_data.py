@@ -23,7 +23,7 @@ def copy_demo(demo_dir: Path, target: Path) -> Path:
 def test_demo_data_has_five_or_more_domains_with_validation(demo_dir: Path) -> None:
     spec = quickstart_spec(demo_dir, demo_dir / "unused")
     assert len(spec.datasets) >= 5
-    assert len({round(d.weight, 6) for d in spec.datasets}) == len(spec.datasets), "weights must be uneven"
+    assert len({round(d.share, 6) for d in spec.datasets}) == len(spec.datasets), "weights must be uneven"
     for train, valid in check_run_data(spec):
         assert valid is not None
         assert train.tokens > 10 * valid.tokens / 2  # roughly 9:1 documents, held out by document
@@ -110,7 +110,7 @@ def test_consumed_samples_per_dataset_track_target_shares_at_every_prefix(demo_d
     spec = quickstart_spec(
         demo_dir, tmp_path / "out", training={"trainSteps": steps, "evalInterval": 1000, "checkpointInterval": 1000}
     )
-    weights = np.array(spec.weights)
+    weights = np.array(spec.shares)
     assert len(weights) >= 5 and len(set(weights.round(6))) == len(weights)
     consumed: list[int] = []
 

@@ -133,7 +133,7 @@ def test_metrics_endpoint_serves_every_metric_and_they_change(ddp_run: dict[str,
             assert len(set(values)) > 1, f"{metric} never changed over {len(values)} scrapes"
 
     shares = {dict(k)["dataset"]: v for k, v in last["datamix_dataset_target_share"].items()}
-    assert shares == pytest.approx({d.name: d.weight for d in spec.datasets})
+    assert shares == pytest.approx({d.name: d.share for d in spec.datasets})
     assert list(last["datamix_target_samples"].values()) == [60 * spec.training.global_batch_size]
     mfu = next(iter(last["datamix_model_flops_utilization"].values()))
     assert 0 < mfu < 1
@@ -154,7 +154,7 @@ def test_results_json_and_termination_message_match_the_run_result_schema(ddp_ru
     assert len(result.tokens) == n and sum(result.tokens) == result.consumed_samples * spec.training.seq_length
     assert result.train_loss is not None and math.isfinite(result.train_loss) and result.wall_seconds > 0
     for realised, d in zip(result.realised_shares, spec.datasets, strict=True):
-        assert abs(realised - d.weight) < 0.01
+        assert abs(realised - d.share) < 0.01
     # The termination message is the compact encoding of the same result.
     decoded = RunResult.decode(ddp_run["termination"].read_text())
     assert decoded.run == result.run and decoded.tokens == result.tokens and decoded.steps == result.steps

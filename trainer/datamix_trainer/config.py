@@ -12,14 +12,20 @@ No torch here: `datamix run` uses this module in the launcher process.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from datamix.errors import UserError
-from datamix.runspec import METRICS_PORT, RUN_SPEC_ENV, TERMINATION_LOG_PATH, RunSpec, RunSpecError
+from datamix.runspec import (
+    METRICS_PORT,
+    RUN_SPEC_ENV,
+    TERMINATION_LOG_PATH,
+    RunSpec,
+    RunSpecError,
+    batch_problem,
+)
 
 
 def load_run_spec(path: str | None) -> RunSpec:
@@ -147,14 +153,11 @@ class Plan:
     @classmethod
     def make(cls, spec: RunSpec, data_parallel_size: int) -> Plan:
         t = spec.training
+        problem = batch_problem(t.global_batch_size, t.micro_batch_size, data_parallel_size)
+        if problem:
+            raise UserError(f"training.globalBatchSize: {problem}; change the batch sizes or the number of processes")
         per_pass = t.micro_batch_size * data_parallel_size
-        if t.global_batch_size % per_pass:
-            raise UserError(
-                f"training.globalBatchSize: {t.global_batch_size} is not a multiple of microBatchSize x "
-                f"data-parallel size ({t.micro_batch_size} x {data_parallel_size}); change the batch sizes "
-                "or the number of processes"
-            )
-        steps = math.ceil(t.train_samples / t.global_batch_size)
+        steps = t.train_steps
         return cls(
             data_parallel_size=data_parallel_size,
             micro_batch_size=t.micro_batch_size,

@@ -75,7 +75,7 @@ def build_run_data(spec: RunSpec, plan: Plan, paths: RunPaths) -> RunData:
     files on rank 0 and has the other ranks load them after a barrier.
     """
     prefixes = [d.path for d in spec.datasets]
-    weights = [d.weight for d in spec.datasets]
+    weights = [d.share for d in spec.datasets]
     val_positions = [i for i, d in enumerate(spec.datasets) if d.validation_path]
     val_prefixes = [spec.datasets[i].validation_path for i in val_positions]
     config = gpt_config(

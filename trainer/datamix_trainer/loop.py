@@ -172,7 +172,7 @@ class Trainer:
         )
         for d in spec.datasets:
             note = "" if d.validation_path else " (no validationPath: validation loss reported as null)"
-            self.log(f"  dataset {d.name}: share {d.weight:.4f} {d.path}{note}")
+            self.log(f"  dataset {d.name}: share {d.share:.4f} {d.path}{note}")
         if env.is_main:
             paths.root.mkdir(parents=True, exist_ok=True)
             paths.run_spec.write_text(spec.to_json() + "\n")
@@ -460,7 +460,7 @@ class Trainer:
         if self.env.is_main:
             write_result(result, self.paths, self.settings.termination_log)
             shares = ", ".join(
-                f"{n} {s:.3f}/{d.weight:.3f}"
+                f"{n} {s:.3f}/{d.share:.3f}"
                 for n, s, d in zip(self.names, result.realised_shares, self.spec.datasets, strict=True)
             )
             self.log(f"done: {state.step} steps, train loss {result.train_loss}, realised/target shares: {shares}")

@@ -115,7 +115,7 @@ class TrainerMetrics:
         self.run_labels = {"experiment": spec.experiment, "run": spec.run}
         for d in spec.datasets:
             labels = {**self.run_labels, "dataset": d.name}
-            self.target_share.labels(**labels).set(d.weight)
+            self.target_share.labels(**labels).set(d.share)
             self.dataset_tokens.labels(**labels)  # present (at 0) from the start
 
     def serve(self, port: int) -> int:

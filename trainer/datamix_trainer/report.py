@@ -39,7 +39,7 @@ def table(spec: RunSpec, result: RunResult) -> str:
         spec.datasets, result.realised_shares, result.tokens, result.validation_loss, strict=True
     ):
         rows.append(
-            (d.name, f"{d.weight:.4f}", f"{share:.4f}", f"{tokens:,}", "n/a" if loss is None else f"{loss:.4f}")
+            (d.name, f"{d.share:.4f}", f"{share:.4f}", f"{tokens:,}", "n/a" if loss is None else f"{loss:.4f}")
         )
     mean = result.mean_validation_loss
     rows.append(("mean", "", "", f"{sum(result.tokens):,}", "n/a" if mean is None else f"{mean:.4f}"))
@@ -67,7 +67,7 @@ def loss_curve(spec: RunSpec, history: list[dict[str, Any]], png: Path) -> Path:
         points = [(r["step"], r["validation_loss"].get(d.name)) for r in evals]
         points = [(s, v) for s, v in points if v is not None]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.5, label=f"{d.name} (share {d.weight:.2f})")
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.5, label=f"{d.name} (share {d.share:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(f"{spec.experiment} / run {spec.run}: training and per-dataset validation loss")
