@@ -1,0 +1,114 @@
+"""The proposal: the feasible mixture of least predicted objective.
+
+Feasible: on the simplex, within each domain's minShare/maxShare, and, when the domains' sizes
+and the final run's tokens are known, no domain repeated more than maxEpochs times in the final
+run (share_i x final tokens <= maxEpochs x tokens_i: Olmix's repetition cap, RegMix's bound).
+
+- loglinear: the objective sum_j w_j (c_j + exp(.)) is a sum of exponentials of affine functions
+  of the shares, hence convex, and the feasible set is convex: projected gradient descent (with a
+  backtracking step) from the best of the prior, the uniform mixture and the observed trials
+  reaches the global minimum.
+- lightgbm (piecewise constant, no useful gradient): RegMix's recipe, score many feasible
+  Dirichlet samples around the prior and average the best of them (the mean of feasible points is
+  feasible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from datamix.search.regression import LogLinearModel, Model
+from datamix.search.sampler import trial_mixtures
+from datamix.search.simplex import Bounds, project, uniform
+
+DESCENT_STEPS = 5000
+DESCENT_TOLERANCE = 1e-12
+RANKED_SAMPLES = 20000  # RegMix scores 100k; 20k keeps the operator's fit under a second per 1k
+RANKED_TOP = 128  # RegMix averages the top 128
+RANKED_SEED_OFFSET = 1 << 20
+RESTART_POOL = 2000
+RESTARTS = 8  # ranking draws use trial indices no sweep reaches (trials <= 512)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    shares: np.ndarray
+    predicted: float
+    predicted_prior: float
+    predicted_uniform: float
+
+
+def repetition_caps(
+    domains: Sequence[str],
+    max_epochs: float | None,
+    domain_tokens: Mapping[str, int] | None,
+    final_tokens: int | None,
+) -> np.ndarray | None:
+    """Upper shares from the repetition cap, or None when the cap or a size is unknown."""
+    if max_epochs is None or not domain_tokens or not final_tokens:
+        return None
+    caps = np.ones(len(domains))
+    for i, name in enumerate(domains):
+        if name in domain_tokens:
+            caps[i] = min(1.0, max_epochs * domain_tokens[name] / final_tokens)
+    return caps
+
+
+def propose(model: Model, bounds: Bounds, prior: np.ndarray, trials: np.ndarray, seed: int = 0) -> Proposal:
+    """Minimise the model's predicted objective over `bounds` (prior and trials give starting points)."""
+    if isinstance(model, LogLinearModel):
+        starts = np.vstack([prior, uniform(len(prior)), trials])
+        if model.quadratic:  # no longer convex: descend from the best of many feasible points
+            starts = np.vstack([starts, trial_mixtures(seed + RANKED_SEED_OFFSET, RESTART_POOL, prior, bounds)])
+            pool = project(starts, bounds)
+            tops = pool[np.argsort(model.predict(pool), kind="stable")[:RESTARTS]]
+            ends = np.stack([_descend(model, bounds, top[None, :]) for top in tops])
+            shares = ends[int(np.argmin(model.predict(ends)))]
+        else:
+            shares = _descend(model, bounds, starts)
+    else:
+        shares = _rank(model, bounds, prior, seed)
+    return Proposal(
+        shares=shares,
+        predicted=float(model.predict(shares)[0]),
+        predicted_prior=float(model.predict(prior)[0]),
+        predicted_uniform=float(model.predict(uniform(len(prior)))[0]),
+    )
+
+
+def _descend(model: LogLinearModel, bounds: Bounds, starts: np.ndarray) -> np.ndarray:
+    candidates = project(starts, bounds)
+    x = candidates[int(np.argmin(model.predict(candidates)))]
+    value = float(model.predict(x)[0])
+    step = 1.0
+    for _ in range(DESCENT_STEPS):
+        grad = model.gradient(x)[0]
+        while True:  # backtracking: the projected step must decrease the objective enough
+            candidate = project(x - step * grad, bounds)[0]
+            new = float(model.predict(candidate)[0])
+            moved = candidate - x
+            if new <= value + grad @ moved + (moved @ moved) / (2 * step) or step < 1e-12:
+                break
+            step /= 2
+        if value - new <= DESCENT_TOLERANCE * max(1.0, abs(value)):
+            if new < value:
+                x, value = candidate, new
+            break
+        x, value = candidate, new
+        step *= 2  # let the step grow back where the curvature allows
+    return x
+
+
+def _rank(model: Model, bounds: Bounds, prior: np.ndarray, seed: int) -> np.ndarray:
+    samples = np.vstack(
+        [
+            trial_mixtures(seed + RANKED_SEED_OFFSET, RANKED_SAMPLES, prior, bounds),
+            project(np.vstack([prior, uniform(len(prior))]), bounds),
+        ]
+    )
+    scores = model.predict(samples)
+    best = samples[np.argsort(scores, kind="stable")[:RANKED_TOP]]
+    return project(best.mean(axis=0), bounds)[0]
