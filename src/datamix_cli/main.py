@@ -16,6 +16,8 @@ from datamix_operator import commands as operator_commands
 from datamix_trainer import commands as trainer_commands
 
 from datamix.errors import UserError
+from datamix.search import commands as search_commands
+from datamix.search.local import LocalRunner
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -74,6 +76,26 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep_local_runner() -> LocalRunner:
+    """`datamix sweep run`'s access to the local runner: each trial trains through `datamix run`."""
+    from datamix_trainer import demo_data
+    from datamix_trainer.indexed import check_indexed
+
+    def train_command(manifest: Path, data_dir: Path, output_dir: Path, nproc: int | None) -> list[str]:
+        command = [sys.executable, "-m", "datamix_cli", "run", str(manifest)]
+        command += ["--data-dir", str(data_dir), "--output-dir", str(output_dir)]
+        return command + (["--nproc", str(nproc)] if nproc else [])
+
+    def demo_data_dir() -> Path:
+        directory: Path = demo_data.default_dir()
+        if not demo_data.is_built(directory):
+            print(f"building the demo datasets in {directory} (once)", flush=True)
+            demo_data.build(directory)
+        return directory
+
+    return LocalRunner(train_command, lambda prefix: check_indexed(prefix).tokens, demo_data_dir)
+
+
 def dump_yaml_documents(docs: Sequence[object]) -> str:
     return "".join("---\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=False) for d in docs)
 
@@ -104,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Both import neither torch nor kopf at module level, so every image lists every command.
     trainer_commands.register(sub)
     operator_commands.register(sub)
+    search_commands.register(sub, sweep_local_runner)
     return parser
 
 

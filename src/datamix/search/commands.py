@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from datamix.search.fit import fit_and_propose, parse_assignments
+from datamix.search.fit import FLAGS, fit_and_propose, parse_assignments
 from datamix.search.local import LocalRunner, run_sweep, summary
 from datamix.search.regression import DEFAULT_REGRESSION, REGRESSIONS
 from datamix.search.table import read_csv
@@ -25,6 +25,7 @@ def cmd_sweep_fit(args: argparse.Namespace) -> int:
         min_share=parse_assignments(args.min_share, "--min-share"),
         max_share=parse_assignments(args.max_share, "--max-share"),
         seed=args.seed,
+        fields=FLAGS,
     )
     print(result.to_yaml(), end="")
     return 0

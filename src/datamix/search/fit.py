@@ -20,6 +20,23 @@ EXTRAPOLATION = 2.0
 
 
 @dataclass(frozen=True)
+class Fields:
+    """How errors name each input: the manifest's field paths, or the command's flags."""
+
+    objective: str
+    regression: str
+    min_share: str
+    max_share: str
+    max_epochs: str
+
+
+SWEEP_FIELDS = Fields(
+    "spec.objective", "spec.regression", "spec.search.minShare", "spec.search.maxShare", "spec.search.maxEpochs"
+)
+FLAGS = Fields("--objective", "--regression", "--min-share", "--max-share", "maxEpochs")
+
+
+@dataclass(frozen=True)
 class FitResult:
     domains: tuple[str, ...]
     regression: str
@@ -55,20 +72,21 @@ def fit_and_propose(
     final_tokens: int | None = None,
     prior: np.ndarray | None = None,
     seed: int = 0,
-    field: str = "",
+    fields: Fields | None = None,
 ) -> FitResult:
     """Fit `regression` to the table, measure it, and propose the best feasible mixture.
 
-    `prior` defaults to the trials' mean mixture (a table carries no prior); `field` prefixes the
+    `prior` defaults to the trials' mean mixture (a table carries no prior); `fields` names the inputs
     names in errors (`spec.search.` for a sweep manifest, empty for command-line flags).
     """
+    names = fields or SWEEP_FIELDS
     if regression not in REGRESSIONS:
-        raise UserError(f"{field}regression: {regression!r} is not one of {', '.join(REGRESSIONS)}")
-    weights = objective_weights(table, dict(objective) if objective else None, f"{field}objective")
-    bounds = Bounds.make(table.domains, min_share, max_share, f"{field}minShare", f"{field}maxShare")
+        raise UserError(f"{names.regression}: {regression!r} is not one of {', '.join(REGRESSIONS)}")
+    weights = objective_weights(table, dict(objective) if objective else None, names.objective)
+    bounds = Bounds.make(table.domains, min_share, max_share, names.min_share, names.max_share)
     caps = repetition_caps(table.domains, max_epochs, domain_tokens, final_tokens)
     if caps is not None:
-        bounds = bounds.tightened(caps, f"{field}maxEpochs ({max_epochs:g})")
+        bounds = bounds.tightened(caps, f"{names.max_epochs} ({max_epochs:g})")
     bounds = within_observed(bounds, table.shares)
     start = table.shares.mean(axis=0) if prior is None else prior
     model = fit(regression, table.shares, table.losses, weights)

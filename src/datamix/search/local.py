@@ -128,7 +128,6 @@ def run_sweep(
         final_tokens=final_tokens,
         prior=sweep.prior,
         seed=sweep.search.seed,
-        field="spec.search.",
     )
     (home / "proposal.yaml").write_text(result.to_yaml())
     report = SweepReport(sweep=sweep, table=table, fit=result, trials=trials)

@@ -99,7 +99,7 @@ def _descend(model: LogLinearModel, bounds: Bounds, starts: np.ndarray) -> np.nd
             break
         x, value = candidate, new
         step *= 2  # let the step grow back where the curvature allows
-    return x
+    return np.asarray(x)
 
 
 def _rank(model: Model, bounds: Bounds, prior: np.ndarray, seed: int) -> np.ndarray:
@@ -111,4 +111,4 @@ def _rank(model: Model, bounds: Bounds, prior: np.ndarray, seed: int) -> np.ndar
     )
     scores = model.predict(samples)
     best = samples[np.argsort(scores, kind="stable")[:RANKED_TOP]]
-    return project(best.mean(axis=0), bounds)[0]
+    return np.asarray(project(best.mean(axis=0), bounds)[0])

@@ -21,7 +21,7 @@ objective (RegMix and Olmix report Spearman's rho): ranking mixtures is what the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,7 +52,10 @@ LIGHTGBM_PARAMS = {
 
 
 class Model(Protocol):
-    regression: str
+    @property
+    def regression(self) -> str:
+        """The regression's name (`loglinear`, `lightgbm`)."""
+        ...
 
     def predict(self, shares: np.ndarray) -> np.ndarray:
         """The predicted objective of each row of shares."""
@@ -73,10 +76,10 @@ class LogLinearModel:
 
     def domain_losses(self, shares: np.ndarray) -> np.ndarray:
         x = exponent_features(shares, self.quadratic) - self.centre
-        return self.c + np.exp(self.b + x @ self.u.T)
+        return np.asarray(self.c + np.exp(self.b + x @ self.u.T))
 
     def predict(self, shares: np.ndarray) -> np.ndarray:
-        return self.domain_losses(shares) @ self.weights
+        return np.asarray(self.domain_losses(shares) @ self.weights)
 
     def gradient(self, shares: np.ndarray) -> np.ndarray:
         """d objective / d shares, one row per row of shares."""
@@ -90,7 +93,7 @@ class LogLinearModel:
             q = scale @ self.u[:, d:]  # (k, pairs): d/dr_a of r_i r_j is r_j [a = i] + r_i [a = j]
             for a_idx, b_idx, col in ((i, j, q), (j, i, q)):
                 np.add.at(grad.T, a_idx, (col * r[:, b_idx]).T)
-        return grad
+        return np.asarray(grad)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,7 @@ def exponent_features(shares: np.ndarray, quadratic: bool) -> np.ndarray:
     return np.hstack([r, r[:, i] * r[:, j]])
 
 
-def lightgbm_module():  # type: ignore[no-untyped-def]
+def lightgbm_module() -> Any:
     try:
         import lightgbm
     except ImportError:

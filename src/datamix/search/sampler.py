@@ -30,7 +30,7 @@ MIN_ALPHA = 1e-3
 
 def prior_shares(weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, dtype=float)
-    return w / w.sum()
+    return np.asarray(w / w.sum())
 
 
 def trial_mixture(seed: int, index: int, prior: np.ndarray, bounds: Bounds, sampler: str = "dirichlet") -> np.ndarray:
@@ -50,8 +50,8 @@ def trial_mixture(seed: int, index: int, prior: np.ndarray, bounds: Bounds, samp
         draw = np.array(bounds.lower, dtype=float)
         draw[free] = mass * rng.dirichlet(np.maximum(alpha_base * strength, MIN_ALPHA))
         if bounds.contains(draw):
-            return exact_sum(draw, bounds)[0]
-    return project(draw, bounds)[0]
+            return np.asarray(exact_sum(draw, bounds)[0])
+    return np.asarray(project(draw, bounds)[0])
 
 
 def trial_mixtures(seed: int, count: int, prior: np.ndarray, bounds: Bounds) -> np.ndarray:

@@ -158,7 +158,7 @@ def objective_weights(table: TrialTable, weights: dict[str, float] | None, field
         vector[table.loss_domains.index(name)] = float(value)
     if vector.sum() <= 0:
         raise UserError(f"{field}: every weight is 0; give at least one domain a weight above 0")
-    return vector / vector.sum()
+    return np.asarray(vector / vector.sum())
 
 
 def subset_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int]:
