@@ -103,9 +103,10 @@ def run_sweep(
     )
 
     trials = [
-        _outcome(sweep.trial_manifest(i), sweep.trial_shares(i), i, home, root) for i in range(sweep.search.trials)
+        experiment_outcome(sweep.trial_manifest(i), sweep.trial_shares(i), i, home, root)
+        for i in range(sweep.search.trials)
     ]
-    _train_all(trials, data, root, workers, runner, 1, sweep.search.max_failed_trials, log)
+    train_all(trials, data, root, workers, runner, 1, sweep.search.max_failed_trials, log)
     table = trials_table(sweep, trials)
     (home / "trials.csv").write_text(table.to_csv())
 
@@ -133,16 +134,18 @@ def run_sweep(
     report = SweepReport(sweep=sweep, table=table, fit=result, trials=trials)
     if sweep.final is not None:
         proposed = result.proposal.shares
-        final = _outcome(sweep.final_manifest(proposed), proposed, -1, home, root)
+        final = experiment_outcome(sweep.final_manifest(proposed), proposed, -1, home, root)
         log(f"final run {final.name} with the proposed mixture")
-        _train_all([final], data, root, 1, runner, final_processes, 0, log)
+        train_all([final], data, root, 1, runner, final_processes, 0, log)
         report.final = final
         report.final_observed = objective_of(sweep, table, final)
     report.files = [home / "trials.csv", home / "proposal.yaml", plot(report, home / "sweep.png")]
     return report
 
 
-def _outcome(manifest: dict[str, Any], shares: np.ndarray, index: int, home: Path, root: Path) -> TrialOutcome:
+def experiment_outcome(
+    manifest: dict[str, Any], shares: np.ndarray, index: int, home: Path, root: Path
+) -> TrialOutcome:
     name = manifest["metadata"]["name"]
     manifest_path = home / "manifests" / f"{name}.yaml"
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -156,7 +159,7 @@ def _outcome(manifest: dict[str, Any], shares: np.ndarray, index: int, home: Pat
     )
 
 
-def _train_all(
+def train_all(
     outcomes: Sequence[TrialOutcome],
     data: Path,
     root: Path,
