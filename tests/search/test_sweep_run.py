@@ -110,7 +110,7 @@ def test_failed_trials_count_against_max_failed_trials(
     assert [t.name for t in failed] == ["fake-t001", "fake-t004"]
     assert "file not found (fake)" in (failed[0].failed or "")
 
-    with pytest.raises(UserError, match="more than spec.search.maxFailedTrials"):
+    with pytest.raises(UserError, match=r"more than spec\.search\.maxFailedTrials"):
         run_sweep(
             str(sweep_file(tmp_path, trials=10, maxFailedTrials=1)),
             str(tmp_path),
