@@ -28,7 +28,7 @@ import yaml
 
 from datamix.experiment import build_run_spec
 from datamix.runspec import RunSpec
-from datamix.search.local import TrialOutcome, experiment_outcome, objective_of, run_sweep, summary, train_all
+from datamix.search.local import TrialOutcome, experiment_outcome, run_sweep, summary, train_all
 from datamix.search.simplex import uniform
 from datamix.search.sweep import Sweep
 from datamix_cli.main import sweep_local_runner
@@ -104,7 +104,10 @@ def main() -> None:
     rows = [header]
     means = {}
     for label in mixtures:
-        values = [objective_of(sweep, report.table, finals[(label, s)]) for s in range(1, args.seeds + 1)]
+        values = [
+            sweep.observed_objective(finals[(label, s)].validation_loss or [None] * len(sweep.domains))
+            for s in range(1, args.seeds + 1)
+        ]
         finite = [v for v in values if v is not None]
         means[label] = float(np.mean(finite)) if finite else float("nan")
         spread = max(finite) - min(finite) if finite else float("nan")

@@ -71,7 +71,7 @@ def test_trial_experiments_are_valid_runs_with_the_trial_mixture() -> None:
         manifest = sweep.trial_manifest(i)
         assert manifest["metadata"]["name"] == f"quickstart-sweep-t{i:03d}"
         spec = build_run_spec(manifest)
-        np.testing.assert_allclose([d.weight for d in spec.datasets], sweep.trial_shares(i), atol=1e-12)
+        np.testing.assert_allclose([d.share for d in spec.datasets], sweep.trial_shares(i), atol=1e-12)
 
 
 def test_a_share_of_zero_becomes_the_smallest_weight_the_api_accepts() -> None:
@@ -80,4 +80,4 @@ def test_a_share_of_zero_becomes_the_smallest_weight_the_api_accepts() -> None:
     weights = [d["weight"] for d in sweep.final_manifest(shares)["spec"]["datasets"]["mixture"]]
     assert weights[2:] == [ZERO_SHARE_WEIGHT] * 4
     spec = build_run_spec(sweep.final_manifest(shares))
-    assert spec.datasets[0].weight == pytest.approx(0.5, abs=1e-8)
+    assert spec.datasets[0].share == pytest.approx(0.5, abs=1e-8)

@@ -48,7 +48,7 @@ def test_trials_and_final_are_valid_experiments_named_after_the_sweep() -> None:
     assert validate_manifest(final) == []
     assert final["spec"]["training"]["trainSteps"] == 400
     assert final["spec"]["model"] == {"preset": "tiny"}
-    np.testing.assert_allclose([d.weight for d in build_run_spec(final).datasets], shares, atol=1e-12)
+    np.testing.assert_allclose([d.share for d in build_run_spec(final).datasets], shares, atol=1e-12)
     # The sweep's own document is never rewritten.
     assert example()["spec"]["experiment"]["datasets"]["mixture"][0]["weight"] == 3.0
 

@@ -25,8 +25,8 @@ import numpy as np
 import yaml
 
 from datamix.errors import UserError
-from datamix.experiment import build_run_spec, run_id
-from datamix.search.fit import FitResult, fit_and_propose
+from datamix.experiment import run_id
+from datamix.search.fit import FitResult
 from datamix.search.simplex import uniform
 from datamix.search.sweep import Sweep, load_sweep
 from datamix.search.table import TrialTable
@@ -107,29 +107,15 @@ def run_sweep(
         for i in range(sweep.search.trials)
     ]
     train_all(trials, data, root, workers, runner, 1, sweep.search.max_failed_trials, log)
-    table = trials_table(sweep, trials)
-    (home / "trials.csv").write_text(table.to_csv())
-
-    domain_tokens = None
-    final_tokens = None
-    if sweep.search.max_epochs is not None:
-        domain_tokens = {
-            d["name"]: runner.count_tokens(str(data / d["path"])) for d in sweep.experiment["datasets"]["mixture"]
-        }
-        final_spec = build_run_spec(sweep.final_manifest(sweep.prior), base_dir=str(data))
-        final_tokens = final_spec.training.train_samples * final_spec.training.seq_length
-    result = fit_and_propose(
-        table,
-        objective=sweep.objective,
-        regression=sweep.regression,
-        min_share=sweep.search.min_share,
-        max_share=sweep.search.max_share,
-        max_epochs=sweep.search.max_epochs,
-        domain_tokens=domain_tokens,
-        final_tokens=final_tokens,
-        prior=sweep.prior,
-        seed=sweep.search.seed,
+    table = sweep.trials_table(
+        [(t.name, t.shares, t.validation_loss) for t in trials if t.validation_loss is not None and not t.failed]
     )
+    (home / "trials.csv").write_text(table.to_csv())
+    domain_tokens = None
+    if sweep.search.max_epochs is not None:
+        mixture = sweep.experiment["datasets"]["mixture"]
+        domain_tokens = {d["name"]: runner.count_tokens(str(data / d["path"])) for d in mixture}
+    result = sweep.fit(table, domain_tokens)
     (home / "proposal.yaml").write_text(result.to_yaml())
     report = SweepReport(sweep=sweep, table=table, fit=result, trials=trials)
     if sweep.final is not None:
@@ -138,7 +124,7 @@ def run_sweep(
         log(f"final run {final.name} with the proposed mixture")
         train_all([final], data, root, 1, runner, final_processes, 0, log)
         report.final = final
-        report.final_observed = objective_of(sweep, table, final)
+        report.final_observed = sweep.observed_objective(final.validation_loss) if final.validation_loss else None
     report.files = [home / "trials.csv", home / "proposal.yaml", plot(report, home / "sweep.png")]
     return report
 
@@ -234,37 +220,6 @@ def _last_error(log_path: Path) -> str | None:
         return None
     errors = [line for line in lines if line.startswith("error: ")]
     return errors[-1][len("error: ") :] if errors else None
-
-
-def trials_table(sweep: Sweep, trials: Sequence[TrialOutcome]) -> TrialTable:
-    """The finished trials as a table: loss columns for the domains with validation data."""
-    finished = [t for t in trials if t.validation_loss is not None and not t.failed]
-    mixture = sweep.experiment["datasets"]["mixture"]
-    evaluated = [i for i, d in enumerate(mixture) if d.get("validationPath")]
-    rows = [t for t in finished if all(t.validation_loss[i] is not None for i in evaluated)]  # type: ignore[index]
-    if len(rows) < 4:
-        raise UserError(f"{sweep.name}: {len(rows)} trials finished with every validation loss; a fit needs at least 4")
-    return TrialTable(
-        trials=tuple(t.name for t in rows),
-        domains=sweep.domains,
-        shares=np.stack([t.shares for t in rows]),
-        loss_domains=tuple(mixture[i]["name"] for i in evaluated),
-        losses=np.array([[t.validation_loss[i] for i in evaluated] for t in rows], dtype=float),  # type: ignore[index]
-    )
-
-
-def objective_of(sweep: Sweep, table: TrialTable, outcome: TrialOutcome) -> float | None:
-    """A finished run's observed objective, with the weights of the fit."""
-    from datamix.search.table import objective_weights
-
-    if outcome.validation_loss is None:
-        return None
-    weights = objective_weights(table, sweep.objective)
-    mixture = [d["name"] for d in sweep.experiment["datasets"]["mixture"]]
-    losses = [outcome.validation_loss[mixture.index(name)] for name in table.loss_domains]
-    if any(v is None for v in losses):
-        return None
-    return float(np.dot(weights, np.array(losses, dtype=float)))
 
 
 def summary(report: SweepReport) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ import yaml
 
 from datamix import API_VERSION, KIND
 from datamix.errors import UserError
+from datamix.experiment import build_run_spec, mixture_shares
 from datamix.schema import MAX_NAME_LENGTH
+from datamix.search.fit import SWEEP_FIELDS, FitResult, fit_and_propose
 from datamix.search.regression import DEFAULT_REGRESSION, REGRESSIONS
-from datamix.search.sampler import SAMPLERS, prior_shares, trial_mixture
+from datamix.search.sampler import SAMPLERS, trial_mixture
 from datamix.search.simplex import Bounds
+from datamix.search.table import MIN_TRIALS, TrialTable
 
 SWEEP_KIND = "DataMixtureSweep"
 MAX_TRIALS = 512
@@ -89,6 +93,58 @@ class Sweep:
             if self.final and key in self.final:
                 manifest["spec"][key] = copy.deepcopy(self.final[key])
         return manifest
+
+    @property
+    def evaluated(self) -> tuple[str, ...]:
+        """The domains with validation data: the table's loss columns."""
+        return tuple(d["name"] for d in self.experiment["datasets"]["mixture"] if d.get("validationPath"))
+
+    def final_tokens(self) -> int:
+        """Tokens of the final run (the experiment's own length when there is no `final`)."""
+        spec = build_run_spec(self.final_manifest(self.prior))
+        return spec.training.train_samples * spec.training.seq_length
+
+    def trials_table(self, finished: Sequence[tuple[str, np.ndarray, Sequence[float | None]]]) -> TrialTable:
+        """The table of finished trials: (name, shares, validation loss per dataset in mixture order).
+
+        A trial without a loss for some evaluated domain is left out (it cannot be compared)."""
+        positions = [self.domains.index(name) for name in self.evaluated]
+        rows = [(n, s, losses) for n, s, losses in finished if all(losses[i] is not None for i in positions)]
+        if len(rows) < MIN_TRIALS:
+            raise UserError(
+                f"{self.name}: {len(rows)} trials have every validation loss; a fit needs at least {MIN_TRIALS}"
+            )
+        return TrialTable(
+            trials=tuple(n for n, _, _ in rows),
+            domains=self.domains,
+            shares=np.stack([s for _, s, _ in rows]),
+            loss_domains=self.evaluated,
+            losses=np.array([[losses[i] for i in positions] for _, _, losses in rows], dtype=float),
+        )
+
+    def observed_objective(self, validation_loss: Sequence[float | None]) -> float | None:
+        """A finished run's objective (its validation losses in mixture order), None if one is missing."""
+        losses = [validation_loss[self.domains.index(name)] for name in self.evaluated]
+        if any(v is None for v in losses):
+            return None
+        weights = np.array([self.objective.get(n, 0.0) if self.objective else 1.0 for n in self.evaluated])
+        return float(np.dot(weights / weights.sum(), np.array(losses, dtype=float)))
+
+    def fit(self, table: TrialTable, domain_tokens: Mapping[str, int] | None = None) -> FitResult:
+        """Fit the sweep's regression to its trials and propose (maxEpochs applies when sizes are given)."""
+        return fit_and_propose(
+            table,
+            objective=self.objective,
+            regression=self.regression,
+            min_share=self.search.min_share,
+            max_share=self.search.max_share,
+            max_epochs=self.search.max_epochs,
+            domain_tokens=domain_tokens,
+            final_tokens=self.final_tokens() if domain_tokens else None,
+            prior=self.prior,
+            seed=self.search.seed,
+            fields=SWEEP_FIELDS,
+        )
 
     def experiment_manifest(self, name: str, shares: np.ndarray, labels: dict[str, str]) -> dict[str, Any]:
         """The sweep's experiment with `shares` as its mixture weights."""
@@ -209,7 +265,7 @@ def parse_sweep(manifest: dict[str, Any]) -> Sweep:
         final=final,
         suspend=suspend,
         domains=domains,
-        prior=prior_shares([float(d["weight"]) for d in mixture]),
+        prior=np.array(mixture_shares(mixture)),
         bounds=bounds,
     )
 
