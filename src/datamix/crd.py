@@ -1,18 +1,38 @@
-"""Serialise the CRD generated from `datamix.schema`; `crds/` and the Helm chart hold copies."""
+"""Serialise the CRDs generated from `datamix.schema` and `datamix.sweep_schema`; `crds/` and the
+Helm chart hold copies."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from datamix.schema import crd_manifest
+from datamix.sweep_schema import sweep_crd_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE_NAME = "datamix.io_datamixtureexperiments.yaml"
-CRD_FILES = (REPO_ROOT / "crds" / CRD_FILE_NAME, REPO_ROOT / "helm" / "datamix" / "crds" / CRD_FILE_NAME)
+SWEEP_CRD_FILE_NAME = "datamix.io_datamixturesweeps.yaml"
+CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "datamix" / "crds")
+CRD_FILES = tuple(d / CRD_FILE_NAME for d in CRD_DIRS)
+SWEEP_CRD_FILES = tuple(d / SWEEP_CRD_FILE_NAME for d in CRD_DIRS)
+
+
+def _render(manifest: Callable[[], dict[str, Any]], source: str) -> str:
+    header = f"# Generated from {source} by `datamix crd --write`; do not edit.\n"
+    return header + yaml.safe_dump(manifest(), sort_keys=False, width=120)
 
 
 def render_crd() -> str:
-    header = "# Generated from src/datamix/schema.py by `datamix crd --write`; do not edit.\n"
-    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=120)
+    return _render(crd_manifest, "src/datamix/schema.py")
+
+
+def render_sweep_crd() -> str:
+    return _render(sweep_crd_manifest, "src/datamix/sweep_schema.py")
+
+
+def rendered_crd_files() -> dict[Path, str]:
+    """Every generated CRD file and its content."""
+    return {**{p: render_crd() for p in CRD_FILES}, **{p: render_sweep_crd() for p in SWEEP_CRD_FILES}}

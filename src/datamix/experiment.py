@@ -42,16 +42,17 @@ DEFAULT_NAMESPACE = "default"
 RUN_DEFINING_FIELDS = ("datasets", "model", "training", "resources", "image", "output")
 
 
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read one DataMixtureExperiment from a YAML file."""
+def load_manifest(path: str | Path, kinds: tuple[str, ...] = (KIND,)) -> dict[str, Any]:
+    """Read one manifest of one of `kinds` (default: a DataMixtureExperiment) from a YAML file."""
     docs = read_yaml_documents(path, str(path))
     if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise UserError(f"{path}: expected exactly one YAML mapping (a {KIND}), found {len(docs)} documents")
+        wanted = " or ".join(kinds)
+        raise UserError(f"{path}: expected exactly one YAML mapping (a {wanted}), found {len(docs)} documents")
     manifest: dict[str, Any] = docs[0]
-    if manifest.get("kind") != KIND or manifest.get("apiVersion") != API_VERSION:
+    if manifest.get("kind") not in kinds or manifest.get("apiVersion") != API_VERSION:
         raise UserError(
             f"{path}: apiVersion/kind are {manifest.get('apiVersion')!r}/{manifest.get('kind')!r}; "
-            f"expected {API_VERSION}/{KIND}"
+            f"expected {API_VERSION}/{' or '.join(kinds)}"
         )
     return manifest
 

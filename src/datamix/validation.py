@@ -22,6 +22,7 @@ from celpy.evaluation import CELEvalError
 from datamix.errors import UserError
 from datamix.experiment import build_run_spec
 from datamix.schema import Schema, crd_manifest
+from datamix.sweep_schema import SWEEP_KIND, final_name, sweep_crd_manifest, trial_name
 
 
 @dataclass(frozen=True)
@@ -38,28 +39,54 @@ def root_schema() -> Schema:
     return schema
 
 
+@cache
+def sweep_root_schema() -> Schema:
+    schema: Schema = sweep_crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
 def validate_manifest(manifest: dict[str, Any]) -> list[Problem]:
-    """All problems of a manifest; empty when the API server and the operator would accept it."""
+    """All problems of a manifest (an experiment or a sweep); empty when the API server and the
+    operator would accept it (a sweep's edits, checked by transition rules, are not judged)."""
     problems: list[Problem] = []
     meta = manifest.get("metadata")
+    what = "sweep" if manifest.get("kind") == SWEEP_KIND else "experiment"
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
-        problems.append(Problem("metadata.name", "Required value: give the experiment a name"))
+        problems.append(Problem("metadata.name", f"Required value: give the {what} a name"))
         return problems
     problems.extend(schema_problems(manifest))
     if not problems:
-        try:
-            build_run_spec(manifest)
-        except UserError as err:
-            path, _, message = str(err).partition(": ")
-            problems.append(Problem(path, message))
+        for prefix, experiment in _experiments_to_build(manifest):
+            try:
+                build_run_spec(experiment)
+            except UserError as err:
+                path, _, message = str(err).partition(": ")
+                problems.append(Problem(prefix + path.removeprefix("spec.") if prefix else path, message))
     return problems
 
 
 def schema_problems(manifest: dict[str, Any]) -> list[Problem]:
-    """What the API server would refuse at admission: the schema and its CEL rules."""
+    """What the API server would refuse at admission: the schema and its CEL rules (of an
+    experiment, or of a sweep)."""
     problems: list[Problem] = []
-    _check({k: v for k, v in manifest.items() if k != "status"}, root_schema(), "", problems)
+    root = sweep_root_schema() if manifest.get("kind") == SWEEP_KIND else root_schema()
+    _check({k: v for k, v in manifest.items() if k != "status"}, root, "", problems)
     return problems
+
+
+def _experiments_to_build(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(field prefix, experiment manifest) whose run spec must build: the manifest itself, or a
+    sweep's trials (the prior's weights stand for every trial's) and its final run."""
+    if manifest.get("kind") != SWEEP_KIND:
+        return [("", manifest)]
+    name = manifest["metadata"]["name"]
+    spec = manifest["spec"]
+    trial = {"metadata": {"name": trial_name(name, 0)}, "spec": spec["experiment"]}
+    out = [("spec.experiment.", trial)]
+    if "final" in spec:
+        final = {"metadata": {"name": final_name(name)}, "spec": {**spec["experiment"], **spec["final"]}}
+        out.append(("spec.final.", final))
+    return out
 
 
 def _check(value: Any, schema: Schema, path: str, problems: list[Problem]) -> None:
@@ -72,6 +99,8 @@ def _check(value: Any, schema: Schema, path: str, problems: list[Problem]) -> No
     else:
         _check_scalar(value, schema, path, problems)
     for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue  # a transition rule: judges an edit, and a file is not one
         if not _rule_holds(rule["rule"], value, schema):
             where = path + rule.get("fieldPath", "") if rule.get("fieldPath") else path
             problems.append(Problem(where.lstrip(".") or "<root>", f"Invalid value: {rule['message']}"))

@@ -21,10 +21,12 @@ from datamix.search.local import LocalRunner
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from datamix import KIND
     from datamix.experiment import load_manifest
+    from datamix.sweep_schema import SWEEP_KIND
     from datamix.validation import validate_manifest
 
-    problems = validate_manifest(load_manifest(args.file))
+    problems = validate_manifest(load_manifest(args.file, kinds=(KIND, SWEEP_KIND)))
     for problem in problems:
         print(f"{args.file}: {problem}", file=sys.stderr)
     if problems:
@@ -63,16 +65,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from datamix.crd import CRD_FILES, render_crd
+    from datamix.crd import render_crd, render_sweep_crd, rendered_crd_files
 
-    text = render_crd()
     if args.write:
-        for path in CRD_FILES:
+        for path, text in rendered_crd_files().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write("---\n".join((render_crd(), render_sweep_crd())))
     return 0
 
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-dir", help="datasets.baseDir in the pods (default: derived from dataset_base_dir)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("validate", help="check a manifest offline against the CRD schema and rules")
+    p = sub.add_parser("validate", help="check an experiment or sweep manifest offline against its CRD")
     p.add_argument("file")
     p.set_defaults(func=cmd_validate)
 
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", help="namespace of the children (default: the manifest's, else default)")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("crd", help="print the CustomResourceDefinition (generated from datamix.schema)")
+    p = sub.add_parser("crd", help="print the CRDs (generated from datamix.schema, datamix.sweep_schema)")
     p.add_argument("--write", action="store_true", help="update crds/ and the Helm chart's copy")
     p.set_defaults(func=cmd_crd)
 

@@ -35,9 +35,11 @@ from datamix_operator.render import render_children
 
 from datamix import GROUP, PLURAL, VERSION
 from datamix.runspec import RunResult
+from datamix.sweep_schema import SWEEP_PLURAL
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "datamix.io_datamixtureexperiments.yaml"
+SWEEP_CRD_FILE = REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
 CAPTURE_DIR = Path(__file__).resolve().parent / "captured"
 POOL_LABEL = "datamix.io/e2e-pool"
 KUBECONFIG_ENV = "DATAMIX_E2E_KUBECONFIG"
@@ -182,6 +184,16 @@ def apply_crd(cluster: clusterlib.Cluster, path: Path | None = None) -> None:
     if res.returncode != 0:
         raise AssertionError(f"the API server refuses {crd}:\n{res.stderr}")
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
+
+
+def apply_sweep_crd(cluster: clusterlib.Cluster) -> None:
+    """Server-side apply of the DataMixtureSweep CRD ($DATAMIX_E2E_SWEEP_CRD overrides it)."""
+    crd = Path(os.environ.get("DATAMIX_E2E_SWEEP_CRD") or SWEEP_CRD_FILE)
+    res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=datamix-e2e",
+                          "-f", str(crd), check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"the API server refuses {crd}:\n{res.stderr}")
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{SWEEP_PLURAL}.{GROUP}", "--timeout=60s")
 
 
 def custom(api: Any) -> Any:

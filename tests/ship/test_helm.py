@@ -16,7 +16,7 @@ import pytest
 import yaml
 from shiplib import CHART, HELM_MISSING, KUBE_VERSION, REPO, by_kind, helm, helm_bin, one, render, values_args
 
-from datamix.crd import CRD_FILE_NAME, render_crd
+from datamix.crd import CRD_FILE_NAME, SWEEP_CRD_FILE_NAME, render_crd, render_sweep_crd
 
 needs_helm = pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)
 
@@ -83,7 +83,8 @@ def test_chart_crd_is_the_generated_crd() -> None:
     chart_copy = (CHART / "crds" / CRD_FILE_NAME).read_text()
     assert chart_copy == (REPO / "crds" / CRD_FILE_NAME).read_text(), "run `datamix crd --write`"
     assert chart_copy == render_crd(), "run `datamix crd --write`"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD_FILE_NAME]
+    assert (CHART / "crds" / SWEEP_CRD_FILE_NAME).read_text() == render_sweep_crd(), "run `datamix crd --write`"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted([CRD_FILE_NAME, SWEEP_CRD_FILE_NAME])
 
 
 def test_chart_dashboard_is_the_generated_dashboard() -> None:
