@@ -36,11 +36,16 @@ from datamix.names import (
     MASTER_REPLICA,
     REPLICA_TYPE_LABEL,
 )
+from datamix.sweep_schema import SWEEP_PLURAL
 from datamix_operator.config import OperatorConfig
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
 from datamix_operator.metrics import Metrics, serve
 from datamix_operator.progress import ProgressTracker
 from datamix_operator.reconcile import EventPoster, Reconciler
+from datamix_operator.sweep.fit import Fitter
+from datamix_operator.sweep.kube import SweepClient
+from datamix_operator.sweep.plan import LABEL_SWEEP
+from datamix_operator.sweep.reconcile import SweepReconciler
 
 log = logging.getLogger("datamix_operator")
 
@@ -85,7 +90,8 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 
 def build_registry(
-    config: OperatorConfig, reconciler: Reconciler, kube: ClientKube, progress: ProgressTracker | None = None
+    config: OperatorConfig, reconciler: Reconciler, kube: ClientKube, progress: ProgressTracker | None = None,
+    sweeps: SweepReconciler | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     job_api = config.job_api
@@ -97,7 +103,7 @@ def build_registry(
 
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(memo: kopf.Memo, **_: Any) -> None:
-        memo["resync"] = asyncio.create_task(resync_loop(config, reconciler, kube), name="datamix resync")
+        memo["resync"] = asyncio.create_task(resync_loop(config, reconciler, kube, sweeps), name="datamix resync")
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -120,6 +126,9 @@ def build_registry(
         if namespace is None:
             return
         reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED"))
+
+    if sweeps is not None:
+        sweep_handlers(registry, sweeps)
 
     def master_finished(body: kopf.Body, **_: Any) -> bool:
         return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")  # the pod's phase
@@ -144,8 +153,26 @@ def build_registry(
     return registry
 
 
-async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: ClientKube) -> None:
-    """Reconcile every experiment every `resync_seconds`, whatever the watches delivered."""
+def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepReconciler) -> None:
+    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
+    def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None:
+            return
+        if type == "DELETED":
+            sweeps.forget(namespace, name)
+        else:
+            sweeps.reconcile(namespace, name)
+
+    # The same watch as experiment_event (kopf watches a resource once): trials and final runs.
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx-sweep", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
+    def sweep_experiment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        if namespace is not None:
+            sweeps.on_experiment(namespace, dict(body.metadata.labels))
+
+
+async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: ClientKube,
+                      sweeps: SweepReconciler | None = None) -> None:
+    """Reconcile every experiment and sweep every `resync_seconds`, whatever the watches delivered."""
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="resync") as pool:
         while True:
@@ -159,6 +186,16 @@ async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: Clie
                 for item in items:
                     meta = item.get("metadata") or {}
                     await loop.run_in_executor(pool, reconciler.reconcile, meta["namespace"], meta["name"], True)
+                if sweeps is None:
+                    continue
+                try:
+                    swept = await loop.run_in_executor(pool, sweeps.kube.list_sweeps, namespace)
+                except KubeError as err:  # e.g. the sweep CRD is not installed
+                    log.debug("resync: cannot list sweeps in %s: %s", namespace or "all namespaces", err)
+                    continue
+                for item in swept:
+                    meta = item.get("metadata") or {}
+                    await loop.run_in_executor(pool, sweeps.reconcile, meta["namespace"], meta["name"])
 
 
 def run(config: OperatorConfig) -> None:
@@ -192,7 +229,9 @@ def run(config: OperatorConfig) -> None:
         progress.start()
     if config.metrics_port:
         serve(config.metrics_port, config.bind_address)
-    registry = build_registry(config, reconciler, kube, progress)
+    sweeps = SweepReconciler(SweepClient(kube), Fitter(), post_event=reconciler.post_event,
+                             instance=reconciler.instance)
+    registry = build_registry(config, reconciler, kube, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,
              config.job_api.api_version)

@@ -1,0 +1,458 @@
+"""One level-based reconciliation of one DataMixtureSweep (no kopf here).
+
+Every trigger (the sweep changed, one of its experiments changed, the resync, a fit finished, a
+retry) calls `SweepReconciler.reconcile(namespace, name)`, which reads the world afresh:
+
+1. read the sweep's settings (`SweepPlan`); input only the operator can judge -> Stalled/InvalidSpec;
+2. list the experiments labelled with the sweep and owned by it: trials by index, the final run;
+3. classify the trials: active (unfinished), succeeded (with every objective dataset's
+   validation loss), failed (failed, or finished without those losses);
+4. unless suspended or past maxFailedTrials, create the lowest missing trial indices while fewer
+   than `parallelism` are active. Names are `<sweep>-tNNN` and mixtures a pure function of
+   (seed, index): a restarted operator re-creates nothing (a 409 is adopted if it is ours);
+5. when every trial has finished: the fit (off this thread, `Fitter`), then the proposal in the
+   status, then with `spec.final` the experiment `<sweep>-final` with the proposed shares;
+6. write the status when it differs.
+
+The proposal is recorded in the status, and the final run is created from the status, so a
+restart neither refits a finished sweep nor proposes differently. Calls for one sweep are
+serialised (a lock); errors are retried with a backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from datamix.errors import UserError
+from datamix.sweep_schema import final_name, trial_name
+from datamix_operator.kube import AlreadyExists, KubeError
+from datamix_operator.reconcile import owned_by, utcnow
+from datamix.names import MANAGED_BY
+from datamix_operator.status import merge_patch, same
+from datamix_operator.sweep.fit import FitRequest, FitResult, Fitter
+from datamix_operator.sweep.kube import SweepApi
+from datamix_operator.sweep.metrics import SweepMetrics
+from datamix_operator.sweep.plan import (
+    LABEL_ROLE,
+    LABEL_SWEEP,
+    LABEL_TRIAL,
+    ROLE_FINAL,
+    ROLE_TRIAL,
+    SweepPlan,
+    experiment_shares,
+    final_experiment,
+    objective_of,
+    trial_experiment,
+    validation_losses,
+)
+
+log = logging.getLogger("datamix_operator")
+
+INVALID_SPEC = "InvalidSpec"
+CHILD_CONFLICT = "ChildConflict"
+
+
+@dataclass
+class Trials:
+    """The sweep's trials as observed, by index."""
+
+    experiments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    active: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    # index -> (shares in plan.domains order, objective-dataset losses, objective)
+    succeeded: dict[int, tuple[list[float], list[float], float]] = field(default_factory=dict)
+
+
+def classify(plan: SweepPlan, experiments: Mapping[int, dict[str, Any]]) -> Trials:
+    out = Trials(experiments=dict(experiments))
+    loss_domains = list(plan.objective)
+    for index, exp in experiments.items():
+        phase = (exp.get("status") or {}).get("phase")
+        if phase == "Succeeded":
+            losses = validation_losses(exp)
+            objective = objective_of(losses, plan.objective)
+            if objective is None:
+                out.failed.add(index)  # finished without the losses the objective needs
+            else:
+                out.succeeded[index] = (experiment_shares(exp, plan.domains), [losses[d] for d in loss_domains],
+                                        objective)
+        elif phase == "Failed" or _stalled_invalid(exp):
+            out.failed.add(index)
+        else:
+            out.active.add(index)
+    return out
+
+
+def _stalled_invalid(exp: Mapping[str, Any]) -> bool:
+    """A trial the experiment operator refuses (its input is invalid) never finishes: a failure."""
+    return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == INVALID_SPEC
+               for c in (exp.get("status") or {}).get("conditions") or [])
+
+
+def check_trials(sweep: Mapping[str, Any], plan: SweepPlan) -> None:
+    """What only the operator can judge: feasible bounds, and trial and final run specs that build."""
+    from datamix.experiment import build_run_spec
+
+    sample_shares(plan, 0)
+    for what, exp in (("spec.experiment", trial_experiment(sweep, 0, plan.prior)),
+                      ("spec.final", final_experiment(sweep, plan.prior) if plan.final is not None else None)):
+        if exp is None:
+            continue
+        try:
+            build_run_spec(exp)
+        except UserError as err:
+            raise UserError(f"{what}.{str(err).removeprefix('spec.')}") from err
+
+
+def sample_shares(plan: SweepPlan, index: int) -> list[float]:
+    """Trial `index`'s mixture: a pure function of the spec and the index."""
+    import numpy as np
+    from datamix.search.sampler import trial_mixture
+    from datamix.search.simplex import Bounds
+
+    bounds = Bounds.make(plan.domains, plan.min_share, plan.max_share, "spec.search.minShare",
+                         "spec.search.maxShare")
+    shares = trial_mixture(plan.seed, index, np.asarray(plan.prior), bounds, plan.sampler)
+    return [float(s) for s in shares]
+
+
+def fit_request(plan: SweepPlan, trials: Trials) -> FitRequest:
+    order = sorted(trials.succeeded)
+    return FitRequest(
+        domains=list(plan.domains),
+        shares=[trials.succeeded[i][0] for i in order],
+        loss_domains=list(plan.objective),
+        losses=[trials.succeeded[i][1] for i in order],
+        weights=list(plan.objective.values()),
+        prior=list(plan.prior),
+        min_share=plan.min_share,
+        max_share=plan.max_share,
+        regression=plan.regression,
+        seed=plan.seed,
+    )
+
+
+class SweepReconciler:
+    def __init__(
+        self,
+        kube: SweepApi,
+        fitter: Fitter,
+        *,
+        metrics: SweepMetrics | None = None,
+        clock: Callable[[], str] = utcnow,
+        error_retry_seconds: float = 2.0,
+        schedule: Callable[[str, str, float], None] | None = None,
+        post_event: Callable[[str, dict[str, Any]], None] | None = None,
+        instance: str = "datamix-operator",
+    ) -> None:
+        self.kube = kube
+        self.fitter = fitter
+        self.metrics = metrics or SweepMetrics()
+        self.clock = clock
+        self.error_retry_seconds = error_retry_seconds
+        self.schedule = schedule or self._schedule_with_timer
+        self.post_event = post_event or self._post_event_now
+        self.instance = instance
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._failures: dict[tuple[str, str], int] = {}
+        self._pending: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------------------------------
+    # triggers
+
+    def on_experiment(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """An experiment labelled with a sweep changed: reconcile the sweep."""
+        sweep = labels.get(LABEL_SWEEP)
+        if sweep:
+            self.reconcile(namespace, sweep)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._failures.pop((namespace, name), None)
+        self.fitter.forget(f"{namespace}/{name}")
+        self.metrics.observe(namespace, name, None)
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _schedule_with_timer(self, namespace: str, name: str, delay: float) -> None:
+        key = (namespace, name)
+        with self._guard:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+
+        def fire() -> None:
+            with self._guard:
+                self._pending.discard(key)
+            self.reconcile(namespace, name)
+
+        timer = threading.Timer(delay, fire)
+        timer.daemon = True
+        timer.start()
+
+    # ------------------------------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        retry: float | None = None
+        with self._lock(key):
+            try:
+                retry = self._reconcile(namespace, name)
+                self._failures.pop(key, None)
+            except Exception as err:
+                failures = self._failures.get(key, 0) + 1
+                self._failures[key] = failures
+                retry = min(self.error_retry_seconds * 2 ** (failures - 1), 120.0)
+                if isinstance(err, KubeError):
+                    log.warning("reconciling sweep %s/%s failed (retry in %.0fs): %s", namespace, name, retry, err)
+                else:
+                    log.exception("reconciling sweep %s/%s failed (retry in %.0fs)", namespace, name, retry)
+        if retry is not None:
+            self.schedule(namespace, name, retry)
+
+    def _reconcile(self, namespace: str, name: str) -> float | None:
+        sweep = self.kube.get_sweep(namespace, name)
+        if sweep is None:
+            self.forget(namespace, name)
+            return None
+        meta = sweep["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None  # the garbage collector removes the trials (owner references)
+        old: dict[str, Any] = sweep.get("status") or {}
+        try:
+            plan = SweepPlan.read(sweep)
+            check_trials(sweep, plan)
+        except UserError as err:
+            return self._write(sweep, old, self._stalled(sweep, old, INVALID_SPEC, str(err)))
+
+        # 2./3. what exists
+        trial_exps: dict[int, dict[str, Any]] = {}
+        final: dict[str, Any] | None = None
+        for exp in self.kube.list_experiments_labelled(namespace, f"{LABEL_SWEEP}={name}"):
+            if not owned_by(exp, meta["uid"]):
+                continue
+            labels = exp["metadata"].get("labels") or {}
+            if labels.get(LABEL_ROLE) == ROLE_FINAL:
+                final = exp
+            elif labels.get(LABEL_ROLE) == ROLE_TRIAL and (labels.get(LABEL_TRIAL) or "").isdigit():
+                trial_exps[int(labels[LABEL_TRIAL])] = exp
+        trials = classify(plan, trial_exps)
+        too_many_failed = len(trials.failed) > plan.max_failed
+
+        # 4. create trials up to the parallelism
+        conflict: str | None = None
+        if not too_many_failed and not plan.suspend:
+            room = plan.parallelism - len(trials.active)
+            missing = [i for i in range(plan.trials) if i not in trials.experiments]
+            for index in missing[: max(room, 0)]:
+                created = self._create(namespace, trial_experiment(sweep, index, sample_shares(plan, index)),
+                                       meta["uid"])
+                if created is None:
+                    conflict = f"experiment {trial_name(name, index)} exists and is not this sweep's; " \
+                               "delete it or rename the sweep"
+                    break
+                trials.experiments[index] = created
+                trials.active.add(index)
+
+        # 5. the fit, the proposal, the final run
+        all_finished = len(trials.experiments) == plan.trials and not trials.active
+        new = self._status(sweep, plan, trials, old)
+        if conflict is not None:
+            new = self._stalled(sweep, old, CHILD_CONFLICT, conflict, base=new)
+            return self._write(sweep, old, new) or 10.0
+        if too_many_failed:
+            self._phase(new, "Failed", "TooManyFailedTrials",
+                        f"{len(trials.failed)} trials failed, more than maxFailedTrials ({plan.max_failed})")
+        elif not all_finished:
+            if plan.suspend:
+                self._phase(new, "Suspended", "Suspended",
+                            f"spec.suspend: no new trials; {len(trials.active)} still running")
+            else:
+                self._phase(new, "Running" if trials.experiments else "Pending", "TrialsRunning",
+                            f"{len(trials.succeeded) + len(trials.failed)} of {plan.trials} trials finished, "
+                            f"{len(trials.active)} running")
+        else:
+            self._after_trials(sweep, plan, trials, old, new, final)
+        return self._write(sweep, old, new)
+
+    def _after_trials(self, sweep: dict[str, Any], plan: SweepPlan, trials: Trials, old: Mapping[str, Any],
+                      new: dict[str, Any], final: dict[str, Any] | None) -> None:
+        namespace, name = plan.namespace, plan.name
+        proposal = old.get("proposal")
+        if proposal and old.get("fit"):
+            new["proposal"], new["fit"] = proposal, old["fit"]  # recorded: never refit a finished sweep
+        else:
+            result = self.fitter.result(f"{namespace}/{name}", fit_request(plan, trials),
+                                        lambda: self.schedule(namespace, name, 0.0))
+            if result is None:
+                self._phase(new, "Fitting", "Fitting",
+                            f"fitting {plan.regression} to {len(trials.succeeded)} trials")
+                return
+            if result.error is not None or result.shares is None:
+                self._phase(new, "Failed", "FitFailed", result.error or "the fit gave no proposal")
+                return
+            self.metrics.fit_seconds.observe(result.seconds)
+            new["fit"], new["proposal"] = self._fit_status(plan, result)
+            proposal = new["proposal"]
+        shares_by_name = {m["name"]: m["share"] for m in proposal["mixture"]}
+        shares = [shares_by_name.get(d, 0.0) for d in plan.domains]
+        if plan.final is not None and final is None:
+            final = self._create(namespace, final_experiment(sweep, shares), plan.uid)
+            if final is None:
+                self._stalled(sweep, old, CHILD_CONFLICT,
+                              f"experiment {final_name(name)} exists and is not this sweep's; delete it", base=new)
+                self._phase(new, "Running", CHILD_CONFLICT, "the final run cannot be created")
+                return
+            self._event(sweep, "Normal", "FinalCreated", f"Created {final_name(name)} with the proposed mixture")
+        if final is None:
+            self._phase(new, "Succeeded", "Proposed", self._proposal_message(new))
+            return
+        final_phase = (final.get("status") or {}).get("phase") or "Pending"
+        record: dict[str, Any] = {"experiment": final["metadata"]["name"], "phase": final_phase}
+        if "predictedObjective" in proposal:
+            record["predictedObjective"] = proposal["predictedObjective"]
+        observed = objective_of(validation_losses(final), plan.objective)
+        if observed is not None:
+            record["observedObjective"] = observed
+        new["final"] = record
+        if final_phase == "Succeeded":
+            self._phase(new, "Succeeded", "FinalSucceeded", self._proposal_message(new))
+        elif final_phase == "Failed":
+            self._phase(new, "Failed", "FinalFailed", f"the final run {final['metadata']['name']} failed")
+        else:
+            self._phase(new, "Running", "FinalRunning", f"the final run {final['metadata']['name']} is {final_phase}")
+
+    # ------------------------------------------------------------------------------------------
+    # status
+
+    def _status(self, sweep: Mapping[str, Any], plan: SweepPlan, trials: Trials,
+                old: Mapping[str, Any]) -> dict[str, Any]:
+        finished = len(trials.succeeded) + len(trials.failed)
+        status: dict[str, Any] = {
+            "observedGeneration": sweep["metadata"].get("generation", 0),
+            "trials": {"total": plan.trials, "created": len(trials.experiments), "active": len(trials.active),
+                       "succeeded": len(trials.succeeded), "failed": len(trials.failed),
+                       "done": f"{finished}/{plan.trials}"},
+        }
+        if trials.succeeded:
+            index = min(trials.succeeded, key=lambda i: (trials.succeeded[i][2], i))
+            status["best"] = {"trial": trial_name(plan.name, index), "objective": trials.succeeded[index][2]}
+        if trials.experiments:
+            status["startTime"] = old.get("startTime") or self.clock()
+        return status
+
+    @staticmethod
+    def _fit_status(plan: SweepPlan, result: FitResult) -> tuple[dict[str, Any], dict[str, Any]]:
+        fit: dict[str, Any] = {"regression": plan.regression, "trials": result.trials,
+                               "seconds": round(result.seconds, 3)}
+        if result.spearman is not None:
+            fit["spearman"] = round(result.spearman, 4)
+        assert result.shares is not None
+        proposal: dict[str, Any] = {
+            "mixture": [{"name": d, "share": round(s, 6)} for d, s in zip(plan.domains, result.shares, strict=True)],
+        }
+        for key, value in (("predictedObjective", result.predicted),
+                           ("priorPredictedObjective", result.predicted_prior),
+                           ("uniformPredictedObjective", result.predicted_uniform)):
+            if value is not None:
+                proposal[key] = value
+        return fit, proposal
+
+    @staticmethod
+    def _proposal_message(status: Mapping[str, Any]) -> str:
+        proposal = status.get("proposal") or {}
+        fit = status.get("fit") or {}
+        parts = [f"proposed mixture predicted {proposal.get('predictedObjective', float('nan')):.4g}"]
+        if "priorPredictedObjective" in proposal:
+            parts.append(f"prior {proposal['priorPredictedObjective']:.4g}")
+        if "uniformPredictedObjective" in proposal:
+            parts.append(f"uniform {proposal['uniformPredictedObjective']:.4g}")
+        if "spearman" in fit:
+            parts.append(f"fit Spearman {fit['spearman']:.3f}")
+        return ", ".join(parts)
+
+    def _phase(self, status: dict[str, Any], phase: str, reason: str, message: str) -> None:
+        status["phase"], status["reason"], status["message"] = phase, reason, message[:4096]
+
+    def _stalled(self, sweep: Mapping[str, Any], old: Mapping[str, Any], reason: str, message: str,
+                 base: dict[str, Any] | None = None) -> dict[str, Any]:
+        status = base if base is not None else {"observedGeneration": sweep["metadata"].get("generation", 0)}
+        if "phase" not in status:
+            self._phase(status, old.get("phase") or "Pending", reason, message)
+        before = {c.get("type"): c for c in old.get("conditions") or []}.get("Stalled") or {}
+        unchanged = before.get("status") == "True" and before.get("reason") == reason
+        status["conditions"] = [{
+            "type": "Stalled", "status": "True", "reason": reason, "message": message[:4096],
+            "lastTransitionTime": before.get("lastTransitionTime") if unchanged else self.clock(),
+            "observedGeneration": sweep["metadata"].get("generation", 0),
+        }]
+        return status
+
+    def _write(self, sweep: dict[str, Any], old: Mapping[str, Any], new: dict[str, Any]) -> float | None:
+        meta = sweep["metadata"]
+        if new.get("phase") in ("Succeeded", "Failed"):
+            kept = old.get("completionTime") if old.get("phase") == new["phase"] else None
+            new["completionTime"] = kept or self.clock()
+        if not same(old, new):
+            self.kube.patch_sweep_status(meta["namespace"], meta["name"], {"status": merge_patch(old, new)})
+            if new.get("phase") != old.get("phase") and new.get("phase") in ("Fitting", "Succeeded", "Failed"):
+                kind = "Warning" if new["phase"] == "Failed" else "Normal"
+                self._event(sweep, kind, new.get("reason") or new["phase"], new.get("message") or "")
+        self._observe(meta["namespace"], meta["name"], new)
+        return None
+
+    def _observe(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        counts = status.get("trials") or {}
+        proposal = status.get("proposal") or {}
+        predicted = {m: proposal[k] for m, k in (("proposal", "predictedObjective"),
+                                                  ("prior", "priorPredictedObjective"),
+                                                  ("uniform", "uniformPredictedObjective")) if k in proposal}
+        self.metrics.observe(
+            namespace, name, status.get("phase", "Pending"),
+            counts={"pending": counts.get("total", 0) - counts.get("created", 0), "active": counts.get("active", 0),
+                    "succeeded": counts.get("succeeded", 0), "failed": counts.get("failed", 0)},
+            best=(status.get("best") or {}).get("objective"),
+            predicted=predicted,
+            spearman=(status.get("fit") or {}).get("spearman"),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # children and events
+
+    def _create(self, namespace: str, body: dict[str, Any], uid: str) -> dict[str, Any] | None:
+        """Create-or-adopt an experiment of the sweep; None when the name is someone else's."""
+        try:
+            created = self.kube.create_experiment(namespace, body)
+            log.info("sweep %s: created experiment %s/%s", body["metadata"]["labels"][LABEL_SWEEP], namespace,
+                     body["metadata"]["name"])
+            return created
+        except AlreadyExists:
+            existing = self.kube.get_experiment(namespace, body["metadata"]["name"])
+            if existing is None or not owned_by(existing, uid):
+                return None
+            return existing
+
+    def _event(self, sweep: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        meta = sweep["metadata"]
+        now = self.clock()
+        self.post_event(meta["namespace"], {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": sweep["apiVersion"], "kind": sweep["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": MANAGED_BY}, "reportingComponent": MANAGED_BY,
+            "reportingInstance": self.instance, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        })
+
+    def _post_event_now(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.kube.create_event(namespace, body)
+        except KubeError as err:
+            log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
