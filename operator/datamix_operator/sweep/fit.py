@@ -64,11 +64,11 @@ class FitResult:
 def compute(request: FitRequest) -> FitResult:
     """Fit, cross-validate and propose (runs in the child process)."""
     import numpy as np
+
+    from datamix.errors import UserError
     from datamix.search.proposer import propose
     from datamix.search.regression import cross_validated_spearman, fit
     from datamix.search.simplex import Bounds
-
-    from datamix.errors import UserError
 
     started = time.monotonic()
     try:

@@ -111,6 +111,7 @@ def check_trials(sweep: Mapping[str, Any], plan: SweepPlan) -> None:
 def sample_shares(plan: SweepPlan, index: int) -> list[float]:
     """Trial `index`'s mixture: a pure function of the spec and the index."""
     import numpy as np
+
     from datamix.search.sampler import trial_mixture
     from datamix.search.simplex import Bounds
 
