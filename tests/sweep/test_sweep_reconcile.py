@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 from typing import Any
 
 import pytest
 
 pytest.importorskip("datamix.search.proposer", reason="the search engine (datamix.search) is not on this branch")
 
-from datamix_operator.sweep.fit import Fitter, FitRequest
+from datamix_operator.sweep.fit import FitRequest, Fitter
 from datamix_operator.sweep.metrics import SweepMetrics
 from datamix_operator.sweep.plan import LABEL_ROLE, LABEL_SWEEP, LABEL_TRIAL, SweepPlan, experiment_shares
 from datamix_operator.sweep.reconcile import SweepReconciler, Trials, sample_shares
