@@ -43,8 +43,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 
 # docs/operator.md, "RBAC: every API call it makes": the needed verbs, nothing more.
 NAMESPACED_RESOURCES = {
-    ("datamix.io", "datamixtureexperiments"): {"get", "list", "watch"},
+    ("datamix.io", "datamixtureexperiments"): {"get", "list", "watch", "create"},
     ("datamix.io", "datamixtureexperiments/status"): {"patch"},
+    ("datamix.io", "datamixturesweeps"): {"get", "list", "watch"},
+    ("datamix.io", "datamixturesweeps/status"): {"patch"},
     ("", "configmaps"): {"get", "list", "create", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
@@ -224,7 +226,8 @@ def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, A
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
         extra = {}
         if values.get("rbac", {}).get("ownerReferencesPermissionEnforcement"):
-            extra = {("datamix.io", "datamixtureexperiments/finalizers"): {"update"}}
+            extra = {("datamix.io", "datamixtureexperiments/finalizers"): {"update"},
+                     ("datamix.io", "datamixturesweeps/finalizers"): {"update"}}
         for role in roles:
             assert grants(role["rules"]) == {**NAMESPACED_RESOURCES, **extra}
         (cluster_role,) = cluster_roles

@@ -178,17 +178,23 @@ NOT_ALLOWED_ANYWHERE = [
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "serviceaccounts/token"), ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"), ("delete", "namespaces"),
-    # The experiments are the user's: never created, changed or deleted by the operator.
-    ("create", "datamixtureexperiments.datamix.io"), ("delete", "datamixtureexperiments.datamix.io"),
+    # The experiments are the user's (or a sweep's, created by the operator): never changed or
+    # deleted by the operator.
+    ("delete", "datamixtureexperiments.datamix.io"),
     ("update", "datamixtureexperiments.datamix.io"), ("patch", "datamixtureexperiments.datamix.io"),
     ("update", "datamixtureexperiments.datamix.io/status"),
     ("update", "datamixtureexperiments.datamix.io/finalizers"),
+    ("create", "datamixturesweeps.datamix.io"), ("delete", "datamixturesweeps.datamix.io"),
+    ("patch", "datamixturesweeps.datamix.io"), ("update", "datamixturesweeps.datamix.io/status"),
     ("update", "configmaps"), ("patch", "configmaps"), ("watch", "configmaps"),
     ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"), ("patch", "events"),
 ]
 ALLOWED_IN_WATCHED = [
     ("get", "datamixtureexperiments.datamix.io"), ("list", "datamixtureexperiments.datamix.io"),
     ("watch", "datamixtureexperiments.datamix.io"), ("patch", "datamixtureexperiments.datamix.io/status"),
+    ("create", "datamixtureexperiments.datamix.io"),
+    ("get", "datamixturesweeps.datamix.io"), ("list", "datamixturesweeps.datamix.io"),
+    ("watch", "datamixturesweeps.datamix.io"), ("patch", "datamixturesweeps.datamix.io/status"),
     ("get", "configmaps"), ("list", "configmaps"), ("create", "configmaps"), ("delete", "configmaps"),
     ("get", "pytorchjobs.kubeflow.org"), ("list", "pytorchjobs.kubeflow.org"),
     ("watch", "pytorchjobs.kubeflow.org"), ("create", "pytorchjobs.kubeflow.org"),

@@ -60,18 +60,26 @@ docs/operator.md ("RBAC: every API call it makes"). tests/ship/test_rbac_e2e.py 
 operator's scenario under them and checks with `kubectl auth can-i` that nothing else is granted.
 */}}
 {{- define "datamix.namespacedRules" -}}
-# The experiments: kopf's watch, the reconciler's get, the resync's list. The operator never
-# writes the user's spec; kopf keeps no annotations on them (event handlers only).
+# The experiments: kopf's watch, the reconciler's get, the resync's list; a sweep creates its
+# trial and final experiments. The operator never writes a spec; kopf keeps no annotations on
+# them (event handlers only).
 - apiGroups: [datamix.io]
   resources: [datamixtureexperiments]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, create]
 - apiGroups: [datamix.io]
   resources: [datamixtureexperiments/status]
+  verbs: [patch]
+# The sweeps: kopf's watch, the reconciler's get, the resync's list, and their status.
+- apiGroups: [datamix.io]
+  resources: [datamixturesweeps]
+  verbs: [get, list, watch]
+- apiGroups: [datamix.io]
+  resources: [datamixturesweeps/status]
   verbs: [patch]
 {{- if .Values.rbac.ownerReferencesPermissionEnforcement }}
 # Owner references with blockOwnerDeletion on clusters that enforce them (OpenShift).
 - apiGroups: [datamix.io]
-  resources: [datamixtureexperiments/finalizers]
+  resources: [datamixtureexperiments/finalizers, datamixturesweeps/finalizers]
   verbs: [update]
 {{- end }}
 # The run spec ConfigMap of each run: create-or-get, and deleted when its run is retired.
