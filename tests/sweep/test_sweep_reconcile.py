@@ -253,3 +253,27 @@ def test_status_stays_small_at_512_trials_and_128_domains() -> None:
     size = len(json.dumps(status))
     print(f"status at 512 trials x 128 domains: {size} bytes")
     assert size < 16 * 1024
+
+
+def test_metrics_follow_the_sweep_and_go_with_it() -> None:
+    registry = CollectorRegistry()
+    h = Harness()
+    h.reconciler.metrics = SweepMetrics(registry)
+    h.api.add_sweep(small_sweep(trials=4, parallelism=2))
+    h.reconcile()
+    h.api.finish("mix-t000", law_losses((0.2, 0.3, 0.5)))
+    h.reconcile()
+    labels = {"sweep_namespace": "ns", "sweep": "mix"}
+    value = registry.get_sample_value
+    assert value("datamix_operator_sweep_trials", {**labels, "state": "succeeded"}) == 1
+    assert value("datamix_operator_sweep_trials", {**labels, "state": "active"}) == 2
+    assert value("datamix_operator_sweep_trials", {**labels, "state": "pending"}) == 1
+    assert value("datamix_operator_sweep_trial_objective", {**labels, "trial": "mix-t000"}) == pytest.approx(
+        law_objective((0.2, 0.3, 0.5)))
+    assert value("datamix_operator_sweep_best_objective", labels) == pytest.approx(law_objective((0.2, 0.3, 0.5)))
+    assert value("datamix_operator_sweeps", {"phase": "Running"}) == 1
+    del h.api.sweeps[("ns", "mix")]
+    h.reconciler.reconcile("ns", "mix")
+    assert value("datamix_operator_sweep_trials", {**labels, "state": "succeeded"}) is None
+    assert value("datamix_operator_sweep_trial_objective", {**labels, "trial": "mix-t000"}) is None
+    assert value("datamix_operator_sweeps", {"phase": "Running"}) == 0

@@ -1,4 +1,7 @@
-"""The sweep reconciler's Prometheus metrics (the dashboard's sweep row reads them)."""
+"""The sweep reconciler's Prometheus metrics (the dashboard's sweep row reads them).
+
+Series are labelled `sweep_namespace` and `sweep`: the scrape's own `namespace` label is the
+operator pod's."""
 
 from __future__ import annotations
 
@@ -20,16 +23,16 @@ class SweepMetrics:
                             registry=reg)
         self.trials = Gauge(f"{PREFIX}_sweep_trials",
                             "Trials of a sweep by state: pending (not created yet), active, succeeded, failed.",
-                            ["namespace", "sweep", "state"], registry=reg)
+                            ["sweep_namespace", "sweep", "state"], registry=reg)
         self.trial_objective = Gauge(f"{PREFIX}_sweep_trial_objective", "Observed objective of a finished trial.",
-                                     ["namespace", "sweep", "trial"], registry=reg)
+                                     ["sweep_namespace", "sweep", "trial"], registry=reg)
         self.best = Gauge(f"{PREFIX}_sweep_best_objective", "Best observed trial objective of a sweep.",
-                          ["namespace", "sweep"], registry=reg)
+                          ["sweep_namespace", "sweep"], registry=reg)
         self.predicted = Gauge(f"{PREFIX}_sweep_predicted_objective",
                                "Predicted objective of a sweep's proposal (and of the prior and uniform mixtures).",
-                               ["namespace", "sweep", "mixture"], registry=reg)
+                               ["sweep_namespace", "sweep", "mixture"], registry=reg)
         self.spearman = Gauge(f"{PREFIX}_sweep_fit_spearman", "Cross-validated Spearman correlation of the fit.",
-                              ["namespace", "sweep"], registry=reg)
+                              ["sweep_namespace", "sweep"], registry=reg)
         self.fit_seconds = Histogram(f"{PREFIX}_sweep_fit_seconds", "Wall time of one sweep fit and proposal.",
                                      buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=reg)
         self._phases: dict[tuple[str, str], str] = {}

@@ -280,7 +280,7 @@ class SweepReconciler:
                             f"{len(trials.active)} running")
         else:
             self._after_trials(sweep, plan, trials, old, new, final)
-        return self._write(sweep, old, new)
+        return self._write(sweep, old, new, {trial_name(name, i): t[2] for i, t in trials.succeeded.items()})
 
     def _after_trials(self, sweep: dict[str, Any], plan: SweepPlan, trials: Trials, old: Mapping[str, Any],
                       new: dict[str, Any], final: dict[str, Any] | None) -> None:
@@ -395,7 +395,8 @@ class SweepReconciler:
         }]
         return status
 
-    def _write(self, sweep: dict[str, Any], old: Mapping[str, Any], new: dict[str, Any]) -> float | None:
+    def _write(self, sweep: dict[str, Any], old: Mapping[str, Any], new: dict[str, Any],
+               objectives: dict[str, float] | None = None) -> float | None:
         meta = sweep["metadata"]
         if new.get("phase") in ("Succeeded", "Failed"):
             kept = old.get("completionTime") if old.get("phase") == new["phase"] else None
@@ -405,10 +406,10 @@ class SweepReconciler:
             if new.get("phase") != old.get("phase") and new.get("phase") in ("Fitting", "Succeeded", "Failed"):
                 kind = "Warning" if new["phase"] == "Failed" else "Normal"
                 self._event(sweep, kind, new.get("reason") or new["phase"], new.get("message") or "")
-        self._observe(meta["namespace"], meta["name"], new)
+        self._observe(meta["namespace"], meta["name"], new, objectives or {})
         return None
 
-    def _observe(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def _observe(self, namespace: str, name: str, status: Mapping[str, Any], objectives: dict[str, float]) -> None:
         counts = status.get("trials") or {}
         proposal = status.get("proposal") or {}
         predicted = {m: proposal[k] for m, k in (("proposal", "predictedObjective"),
@@ -418,6 +419,7 @@ class SweepReconciler:
             namespace, name, status.get("phase", "Pending"),
             counts={"pending": counts.get("total", 0) - counts.get("created", 0), "active": counts.get("active", 0),
                     "succeeded": counts.get("succeeded", 0), "failed": counts.get("failed", 0)},
+            objectives=objectives,
             best=(status.get("best") or {}).get("objective"),
             predicted=predicted,
             spearman=(status.get("fit") or {}).get("spearman"),
