@@ -18,6 +18,8 @@ Label conventions the queries rely on:
   series on those two labels to get the run's `experiment` and `run`.
 - operator metrics carry only `phase` (plus the scrape's labels): the operator row is not
   filtered by the variables.
+- sweep metrics (the operator's) carry `sweep_namespace` and `sweep` (the scrape's `namespace` is
+  the operator's own); the sweep row is filtered by the `sweep` variable.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ def variables() -> list[dict[str, Any]]:
         query("run", "Run",
               'label_values(datamix_target_samples{namespace=~"$namespace", experiment=~"$experiment"}, run)',
               True),
+        query("sweep", "Sweep", "label_values(datamix_operator_sweep_trials, sweep)", True),
     ]
 
 
@@ -255,6 +258,29 @@ def operator_row(g: Layout) -> None:
                      unit="s"), 8)
 
 
+SWEEP = 'sweep=~"$sweep"'
+
+
+def sweep_row(g: Layout) -> None:
+    g.row("Mixture search (DataMixtureSweep)")
+    g.add(timeseries(
+        "Sweep trials by state", "Trials of each sweep: pending (not created yet), active, succeeded, failed.",
+        [target(f"sum by (sweep, state) (datamix_operator_sweep_trials{{{SWEEP}}})", "{{sweep}} {{state}}")],
+        custom={"fillOpacity": 30, "stacking": {"mode": "normal", "group": "A"}}), 8)
+    g.add(stat(
+        "Objective per trial", "Observed objective (weighted validation loss) of each finished trial; lower is "
+        "better.",
+        [target(f"max by (sweep, trial) (datamix_operator_sweep_trial_objective{{{SWEEP}}})", "{{trial}}")],
+        "short", kind="bargauge", decimals=4), 8)
+    g.add(timeseries(
+        "Best observed and predicted objective",
+        "Best trial so far, and the regression's predicted objective of the proposal, the prior and the uniform "
+        "mixture once the sweep has fitted.",
+        [target(f"min by (sweep) (datamix_operator_sweep_best_objective{{{SWEEP}}})", "{{sweep}} best trial"),
+         target(f"max by (sweep, mixture) (datamix_operator_sweep_predicted_objective{{{SWEEP}}})",
+                "{{sweep}} predicted {{mixture}}", ref="B")]), 8)
+
+
 def dashboard() -> dict[str, Any]:
     g = Layout()
     training_row(g)
@@ -262,6 +288,7 @@ def dashboard() -> dict[str, Any]:
     throughput_row(g)
     gpu_row(g)
     operator_row(g)
+    sweep_row(g)
     return {
         "uid": "datamix-experiments",
         "title": "DataMix experiments",

@@ -20,6 +20,8 @@ TRAINER = {"datamix_train_loss", "datamix_validation_loss", "datamix_learning_ra
 OPERATOR = {"datamix_operator_experiments", "datamix_operator_runs_created_total",
             "datamix_operator_runs_succeeded_total", "datamix_operator_runs_failed_total",
             "datamix_operator_reconcile_errors_total", "datamix_operator_reconcile_duration_seconds"}
+SWEEP = {"datamix_operator_sweep_trials", "datamix_operator_sweep_trial_objective",
+         "datamix_operator_sweep_best_objective", "datamix_operator_sweep_predicted_objective"}
 DCGM = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"}
 RUN_FILTER = 'namespace=~"$namespace", experiment=~"$experiment", run=~"$run"'
 
@@ -45,11 +47,11 @@ def test_size_and_identity() -> None:
 
 def test_variables() -> None:
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
-    assert list(variables) == ["datasource", "namespace", "experiment", "run"]
+    assert list(variables) == ["datasource", "namespace", "experiment", "run", "sweep"]
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     assert '$namespace' in variables["experiment"]["definition"]
     assert '$experiment' in variables["run"]["definition"]
-    for name in ("namespace", "experiment", "run"):
+    for name in ("namespace", "experiment", "run", "sweep"):
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
 
 
@@ -75,9 +77,10 @@ def test_layout_fits_the_grid() -> None:
 
 def test_metric_names_are_exported_ones() -> None:
     used = {base_metric(m) for e in exprs() for m in re.findall(r"\b(datamix_[a-z_]+|DCGM_FI_[A-Z_]+)\b", e)}
-    assert used <= TRAINER | OPERATOR | DCGM, used - (TRAINER | OPERATOR | DCGM)
+    assert used <= TRAINER | OPERATOR | SWEEP | DCGM, used - (TRAINER | OPERATOR | SWEEP | DCGM)
     assert used >= TRAINER, f"trainer metrics without a panel: {TRAINER - used}"
     assert used >= OPERATOR
+    assert used >= SWEEP
     assert used >= DCGM
 
 
@@ -86,6 +89,13 @@ def test_trainer_queries_filter_by_the_variables() -> None:
         for name in re.findall(r"\b(datamix_(?!operator_)[a-z_]+)\{([^}]*)\}", expr):
             assert name[1] == RUN_FILTER, expr
         assert not re.search(r"\bdatamix_(?!operator_)[a-z_]+\b(?![{_])", expr.replace("by (", "(")), expr
+
+
+def test_sweep_queries_filter_by_the_sweep_variable() -> None:
+    for expr in exprs():
+        for name, selector in re.findall(r"\b(datamix_operator_sweep_[a-z_]+)\{([^}]*)\}", expr):
+            assert selector == 'sweep=~"$sweep"', (name, expr)
+        assert not re.search(r"\bdatamix_operator_sweep_[a-z_]+\b(?![{_])", expr.replace("by (", "(")), expr
 
 
 def test_gpu_panels_join_on_pod_and_namespace() -> None:

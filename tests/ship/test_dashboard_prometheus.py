@@ -29,7 +29,7 @@ from typing import Any
 import clusterlib  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 import yaml
-from live import Admin, experiment, install_crd, with_fake_pods
+from live import GROUP, VERSION, Admin, experiment, install_crd, with_fake_pods
 from shiplib import PROMETHEUS_MISSING, REPO, prometheus_bin_dir
 
 PROM_DIR = prometheus_bin_dir()
@@ -63,7 +63,11 @@ class Query:
 
     @property
     def operator(self) -> bool:
-        return "datamix_operator_" in self.expr
+        return "datamix_operator_" in self.expr and not self.sweep
+
+    @property
+    def sweep(self) -> bool:
+        return "datamix_operator_sweep_" in self.expr
 
     @property
     def parse_only(self) -> bool:
@@ -94,7 +98,7 @@ def test_every_panel_query_is_covered() -> None:
     for q in queries:
         assert q.operator or q.parse_only or "datamix_" in q.expr, q
     variables = {v["name"] for v in DASHBOARD["templating"]["list"]}
-    assert variables == {"datasource", "namespace", "experiment", "run"}
+    assert variables == {"datasource", "namespace", "experiment", "run", "sweep"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +286,7 @@ def test_trainer_panels_return_data(trainer_run: TrainerRun, tmp_path: Path) -> 
         assert len(runs) == 1
 
         at = time.time()
-        queries = [q for q in dashboard_queries() if not q.operator]
+        queries = [q for q in dashboard_queries() if not q.operator and not q.sweep]
         chosen = {"namespace": NAMESPACE, "experiment": trainer_run.experiment, "run": runs[0],
                   "datasource": "prometheus"}
         everything = {"namespace": ".*", "experiment": ".*", "run": ".*", "datasource": "prometheus"}
@@ -351,6 +355,87 @@ def test_operator_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Pa
         assert not problems, "\n".join(problems)
         phases = prom.query("sum by (phase) (datamix_operator_experiments)", at)["data"]["result"]
         assert {r["metric"]["phase"]: float(r["value"][1]) for r in phases}.get("Succeeded") == 1.0
+        promtool_check_metrics(http_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+    finally:
+        if prom is not None:
+            prom.stop()
+        operator.terminate()
+        try:
+            operator.wait(20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        out.close()
+        clusterlib.delete_namespace(k8s_client, ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# the operator's sweep row (needs the local control plane and the search engine)
+
+
+@pytest.mark.cluster
+def test_sweep_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path) -> None:
+    pytest.importorskip("datamix.search.proposer", reason="the search engine (datamix.search) is not here")
+    from tests.sweep.fake_trainer import FakeTrainer, hold_pods
+
+    install_crd(cluster)
+    sweep_crd = REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
+    res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(sweep_crd), check=False)
+    assert res.returncode == 0, res.stderr
+    clusterlib.wait_for(lambda: "datamixturesweeps" in cluster.kubectl(
+        "api-resources", "--api-group=datamix.io", "-o", "name").stdout, 60, description="sweep CRD served")
+    ns = clusterlib.create_namespace(k8s_client, "dash-sweep")
+    metrics_port, liveness_port = free_port(), free_port()
+    log = tmp_path / "operator.log"
+    out = log.open("w")
+    operator = subprocess.Popen(
+        [DATAMIX, "operator", f"--namespace={ns}", "--bind-address=127.0.0.1", f"--metrics-port={metrics_port}",
+         f"--liveness-port={liveness_port}", "--resync-seconds=5"],
+        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    prom = None
+    try:
+        def operator_alive() -> None:
+            assert operator.poll() is None, f"operator exited:\n{log.read_text()[-3000:]}"
+
+        wait(lambda: http_get(f"http://127.0.0.1:{liveness_port}/healthz", 2), 60, "operator healthy", operator_alive)
+        prom = Prometheus(tmp_path, {"operator": (f"127.0.0.1:{metrics_port}", {"namespace": "datamix-system"})})
+        spec = experiment("unused")["spec"]
+        spec["datasets"]["mixture"] = [
+            {"name": n, "path": f"{n}/part_0_text_document", "weight": 1, "validationPath": f"{n}/valid_text_document"}
+            for n in ("web", "code", "math")]
+        hold_pods(spec)
+        sweep = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DataMixtureSweep", "metadata": {"name": "dash"},
+                 "spec": {"experiment": spec, "search": {"trials": 6, "parallelism": 3, "seed": 1}}}
+        from kubernetes import client
+
+        client.CustomObjectsApi(k8s_client).create_namespaced_custom_object(GROUP, VERSION, ns, "datamixturesweeps",
+                                                                           sweep)
+
+        def sweep_phase() -> str:
+            obj = client.CustomObjectsApi(k8s_client).get_namespaced_custom_object(
+                GROUP, VERSION, ns, "datamixturesweeps", "dash")
+            return str((obj.get("status") or {}).get("phase"))
+
+        with FakeTrainer(k8s_client, ns) as trainer:
+            wait(lambda: sweep_phase() in ("Succeeded", "Failed"), 300, "the sweep finished", operator_alive)
+            assert not trainer.errors, trainer.errors
+        assert sweep_phase() == "Succeeded", log.read_text()[-3000:]
+
+        def ready() -> bool:
+            doc = prom.api("query", query='count_over_time(datamix_operator_sweep_predicted_objective[10s]) >= 5')
+            return bool(doc["data"]["result"])
+        wait(ready, 120, "sweep metrics in Prometheus", prom.alive)
+
+        at = time.time()
+        queries = [q for q in dashboard_queries() if q.sweep]
+        assert len(queries) >= 4
+        assert not evaluate(prom, queries, {"sweep": "dash"}, at)
+        assert not evaluate(prom, queries, {"sweep": ".*"}, at)
+        assert len(evaluate(prom, queries, {"sweep": "no-such-sweep"}, at)) == len(queries), "filtered by $sweep"
+        assert prom.api("label/sweep/values", **{"match[]": "datamix_operator_sweep_trials"})["data"] == ["dash"]
+        trials = prom.query('sum by (state) (datamix_operator_sweep_trials{sweep="dash"})', at)["data"]["result"]
+        assert {r["metric"]["state"]: float(r["value"][1]) for r in trials}["succeeded"] == 6
+        objectives = prom.query('datamix_operator_sweep_trial_objective{sweep="dash"}', at)["data"]["result"]
+        assert len(objectives) == 6
         promtool_check_metrics(http_get(f"http://127.0.0.1:{metrics_port}/metrics"))
     finally:
         if prom is not None:
