@@ -277,3 +277,17 @@ def test_metrics_follow_the_sweep_and_go_with_it() -> None:
     assert value("datamix_operator_sweep_trials", {**labels, "state": "succeeded"}) is None
     assert value("datamix_operator_sweep_trial_objective", {**labels, "trial": "mix-t000"}) is None
     assert value("datamix_operator_sweeps", {"phase": "Running"}) == 0
+
+
+def test_the_kueue_queue_passes_to_the_trials_and_the_final_run() -> None:
+    from datamix_operator.sweep.plan import final_experiment, trial_experiment
+
+    sweep = small_sweep()
+    sweep["spec"]["experiment"]["resources"]["queueName"] = "proxies"
+    sweep["spec"]["final"] = {"resources": {"nodes": 4, "gpusPerNode": 8}}
+    sweep["metadata"].update(uid="u", namespace="ns")
+    assert trial_experiment(sweep, 3, (0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "proxies"
+    assert final_experiment(sweep, (0.2, 0.3, 0.5))["spec"]["resources"] == {
+        "nodes": 4, "gpusPerNode": 8, "queueName": "proxies"}
+    sweep["spec"]["final"]["resources"]["queueName"] = "big"
+    assert final_experiment(sweep, (0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "big"

@@ -130,8 +130,12 @@ def trial_experiment(sweep: Mapping[str, Any], index: int, shares: Sequence[floa
 
 
 def final_experiment(sweep: Mapping[str, Any], shares: Sequence[float]) -> dict[str, Any]:
+    replace = copy.deepcopy(sweep["spec"].get("final") or {})
+    queue = sweep["spec"]["experiment"]["resources"].get("queueName")
+    if queue and "resources" in replace:
+        replace["resources"].setdefault("queueName", queue)  # the trials' Kueue queue, unless final names one
     return _experiment(sweep, final_name(sweep["metadata"]["name"]), shares, {LABEL_ROLE: ROLE_FINAL},
-                       replace=sweep["spec"].get("final") or {})
+                       replace=replace)
 
 
 def experiment_shares(exp: Mapping[str, Any], domains: Sequence[str]) -> list[float]:
