@@ -31,6 +31,7 @@ SWEEP_KIND = "DataMixtureSweep"
 SWEEP_PLURAL = "datamixturesweeps"
 SWEEP_SHORT_NAME = "dms"
 MAX_TRIALS = 512
+MIN_TRIALS = 4  # fewer cannot be cross-validated
 TRIAL_DIGITS = 3  # trial names <sweep>-t000 .. <sweep>-t511
 FINAL_SUFFIX = "-final"
 MAX_SWEEP_NAME_LENGTH = MAX_NAME_LENGTH - max(len(FINAL_SUFFIX), len("-t") + TRIAL_DIGITS)
@@ -38,7 +39,7 @@ SAMPLERS = ("dirichlet",)
 REGRESSIONS = ("loglinear", "lightgbm")
 DEFAULT_SAMPLER = "dirichlet"
 DEFAULT_REGRESSION = "loglinear"
-DEFAULT_PARALLELISM = 4
+DEFAULT_PARALLELISM = 1
 DEFAULT_SEED = 0
 DEFAULT_MAX_FAILED_TRIALS = 0
 PHASES = ("Pending", "Running", "Fitting", "Succeeded", "Failed", "Suspended")
@@ -81,7 +82,7 @@ SEARCH = obj(
     "parallelism may change after creation.",
     {
         "trials": integer("Proxy trials to run (RegMix used 512; Olmix: grow with the number of domains).",
-                          minimum=2, maximum=MAX_TRIALS),
+                          minimum=MIN_TRIALS, maximum=MAX_TRIALS),
         "parallelism": integer(f"Trials unfinished at any time (default {DEFAULT_PARALLELISM}); may be changed.",
                                minimum=1, maximum=MAX_TRIALS),
         "sampler": string(
@@ -124,20 +125,16 @@ SEARCH = obj(
     ),
 )
 
-OBJECTIVE = obj(
-    "What the search minimises: a weighted mean of per-dataset validation losses. Default: the "
-    "mean over every dataset with a validationPath.",
-    {
-        "weights": {
-            **share_map("Weight per dataset name (each dataset needs a validationPath); normalised to sum 1."),
-            "additionalProperties": {"type": "number", "minimum": 0},
-            "minProperties": 1,
-        },
-    },
-    required=("weights",),
-    rules=(("self.weights.exists(k, self.weights[k] > 0)", "at least one objective weight must be above 0",
-            ".weights"),),
-)
+OBJECTIVE = {
+    **share_map("What the search minimises: a weighted mean of per-dataset validation losses, as a weight per "
+                "dataset name (each dataset needs a validationPath; normalised to sum 1). Default: the mean "
+                "over every dataset with a validationPath."),
+    "additionalProperties": {"type": "number", "minimum": 0},
+    "minProperties": 1,
+    "x-kubernetes-validations": [
+        {"rule": "self.exists(k, self[k] > 0)", "message": "at least one objective weight must be above 0"},
+    ],
+}
 
 FINAL = obj(
     "The full-size run to launch with the proposed mixture as `<sweep>-final`: the trials' "
@@ -188,14 +185,14 @@ SWEEP_SPEC = obj(
             ".search.maxShare",
         ),
         (
-            f"!has(self.objective) || self.objective.weights.all(k, {_MIXTURE}.exists(d, d.name == k && "
+            f"!has(self.objective) || self.objective.all(k, {_MIXTURE}.exists(d, d.name == k && "
             "has(d.validationPath)))",
-            "objective.weights must name datasets of experiment.datasets.mixture that have a validationPath",
-            ".objective.weights",
+            "objective must name datasets of experiment.datasets.mixture that have a validationPath",
+            ".objective",
         ),
         (
             f"has(self.objective) || {_MIXTURE}.exists(d, has(d.validationPath))",
-            "the objective needs validation data: give a dataset a validationPath or set objective.weights",
+            "the objective needs validation data: give a dataset a validationPath",
             ".experiment.datasets.mixture",
         ),
         (

@@ -117,7 +117,7 @@ def small_sweep(name: str = "mix", trials: int = 16, parallelism: int = 4, **sea
     sweep = valid_sweep(name)
     sweep["spec"]["search"] = {"trials": trials, "parallelism": parallelism, "seed": 3, **search}
     sweep["spec"].pop("final")
-    sweep["spec"]["objective"] = {"weights": {"web": 1, "code": 1, "math": 1}}
+    sweep["spec"]["objective"] = {"web": 1, "code": 1, "math": 1}
     assert sweep["kind"] == SWEEP_KIND
     return sweep
 

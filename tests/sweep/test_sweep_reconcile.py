@@ -238,7 +238,7 @@ def test_status_stays_small_at_512_trials_and_128_domains() -> None:
     sweep["spec"]["experiment"]["datasets"]["mixture"] = [
         {"name": d, "path": f"{d}/part_0_text_document", "weight": 1, "validationPath": f"{d}/valid"}
         for d in domains]
-    sweep["spec"]["objective"] = {"weights": {d: 1 for d in domains}}
+    sweep["spec"]["objective"] = {d: 1 for d in domains}
     sweep["metadata"].update(uid="u", namespace="ns")
     plan = SweepPlan.read(sweep)
     trials = Trials(experiments={i: {} for i in range(512)},

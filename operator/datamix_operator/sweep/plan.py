@@ -68,12 +68,12 @@ class SweepPlan:
         domains = tuple(d["name"] for d in mixture)
         weights = [float(d["weight"]) for d in mixture]
         total = math.fsum(weights)
-        objective = dict((spec.get("objective") or {}).get("weights") or {})
+        objective = {k: float(v) for k, v in (spec.get("objective") or {}).items() if v > 0}
         if not objective:
             objective = {d["name"]: 1.0 for d in mixture if d.get("validationPath")}
         norm = math.fsum(objective.values())
         if not objective or norm <= 0:
-            raise UserError("spec.objective.weights: no dataset to minimise the loss of; give one a validationPath")
+            raise UserError("spec.objective: no dataset to minimise the loss of; give one a validationPath")
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace", ""),
