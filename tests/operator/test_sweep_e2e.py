@@ -11,10 +11,14 @@ proposal can be judged against the law's true optimum.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,7 +90,7 @@ def watching_parallelism(api: Any, namespace: str, sweep: str) -> Iterator[list[
 
 
 def test_sweep_proposes_near_the_optimum_and_launches_the_final_run(
-    cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any
+    cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any, tmp_path: Path
 ) -> None:
     apply_sweep_crd(cluster)
     op = start_operator([namespace])
@@ -159,6 +163,16 @@ def test_sweep_proposes_near_the_optimum_and_launches_the_final_run(
     assert status["final"]["predictedObjective"] == status["proposal"]["predictedObjective"]
     printed = cluster.kubectl("get", "dms", name, "-n", namespace).stdout
     assert "Succeeded" in printed and "16/16" in printed, printed
+
+    # `datamix sweep report` from the cluster: the trials table and the plot
+    report = subprocess.run([sys.executable, "-m", "datamix.cli", "sweep", "report", name, "-n", namespace,
+                             "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    assert report.returncode == 0, report.stderr
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert rows[0] == "trial,share:web,share:code,share:math,loss:web,loss:code,loss:math"
+    assert len(rows) == 17
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
     # deleting the sweep garbage-collects the trials, the final run and their jobs and pods
     cluster.kubectl("delete", "dms", name, "-n", namespace, "--wait=false")
