@@ -32,6 +32,7 @@ from datamix import GROUP, PLURAL, VERSION
 from datamix.names import (
     LABEL_EXPERIMENT,
     LABEL_MANAGED_BY,
+    LABEL_SWEEP,
     MANAGED_BY,
     MASTER_REPLICA,
     REPLICA_TYPE_LABEL,
@@ -44,7 +45,6 @@ from datamix_operator.progress import ProgressTracker
 from datamix_operator.reconcile import EventPoster, Reconciler
 from datamix_operator.sweep.fit import Fitter
 from datamix_operator.sweep.kube import SweepClient
-from datamix_operator.sweep.plan import LABEL_SWEEP
 from datamix_operator.sweep.reconcile import SweepReconciler
 
 log = logging.getLogger("datamix_operator")

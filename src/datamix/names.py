@@ -111,3 +111,24 @@ class Reason:
     RUN_RETIRED: Final = "RunRetired"
     RESUMED: Final = "Resumed"
     PROGRESS_RESUMED: Final = "ProgressResumed"
+
+
+# ---- a DataMixtureSweep's experiments (trials and the final run) -------------------------------
+LABEL_SWEEP: Final = f"{GROUP}/sweep"  # the sweep's name, on its trial and final experiments
+LABEL_TRIAL: Final = f"{GROUP}/trial"  # the trial's index, or FINAL_TRIAL on the final run
+FINAL_TRIAL: Final = "final"
+
+
+class SweepPhase:
+    """status.phase of a sweep."""
+
+    PENDING: Final = "Pending"
+    RUNNING: Final = "Running"
+    FITTING: Final = "Fitting"
+    SUCCEEDED: Final = "Succeeded"
+    FAILED: Final = "Failed"
+    SUSPENDED: Final = "Suspended"
+
+
+SWEEP_PHASES: Final = (SweepPhase.PENDING, SweepPhase.RUNNING, SweepPhase.FITTING, SweepPhase.SUCCEEDED,
+                       SweepPhase.FAILED, SweepPhase.SUSPENDED)

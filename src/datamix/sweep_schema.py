@@ -11,6 +11,7 @@ Names: trial i is the experiment `<sweep>-t<NNN>` (three digits, i < 512), the f
 from __future__ import annotations
 
 from datamix import GROUP, VERSION
+from datamix.names import SWEEP_PHASES as PHASES
 from datamix.schema import (
     MAX_DATASETS,
     MAX_NAME_LENGTH,
@@ -42,7 +43,6 @@ DEFAULT_REGRESSION = "loglinear"
 DEFAULT_PARALLELISM = 1
 DEFAULT_SEED = 0
 DEFAULT_MAX_FAILED_TRIALS = 0
-PHASES = ("Pending", "Running", "Fitting", "Succeeded", "Failed", "Suspended")
 
 
 def trial_name(sweep: str, index: int) -> str:

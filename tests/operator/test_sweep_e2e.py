@@ -165,7 +165,7 @@ def test_sweep_proposes_near_the_optimum_and_launches_the_final_run(
     assert "Succeeded" in printed and "16/16" in printed, printed
 
     # `datamix sweep report` from the cluster: the trials table and the plot
-    report = subprocess.run([sys.executable, "-m", "datamix.cli", "sweep", "report", name, "-n", namespace,
+    report = subprocess.run([sys.executable, "-m", "datamix_cli", "sweep", "report", name, "-n", namespace,
                              "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
     assert report.returncode == 0, report.stderr

@@ -16,10 +16,11 @@ pytest.importorskip("datamix.search.proposer", reason="the search engine (datami
 
 from datamix_operator.sweep.fit import FitRequest, Fitter
 from datamix_operator.sweep.metrics import SweepMetrics
-from datamix_operator.sweep.plan import LABEL_ROLE, LABEL_SWEEP, LABEL_TRIAL, SweepPlan, experiment_shares
+from datamix_operator.sweep.plan import SweepPlan, experiment_shares
 from datamix_operator.sweep.reconcile import SweepReconciler, Trials, sample_shares
 from prometheus_client import CollectorRegistry
 
+from datamix.names import LABEL_SWEEP, LABEL_TRIAL
 from tests.sweep.sweep_fakes import (
     LAW_DOMAINS,
     FakeSweepApi,
@@ -82,7 +83,6 @@ def test_trials_are_created_within_parallelism_with_deterministic_mixtures() -> 
         meta = exp["metadata"]
         assert meta["labels"][LABEL_SWEEP] == "mix"
         assert meta["labels"][LABEL_TRIAL] == str(index)
-        assert meta["labels"][LABEL_ROLE] == "trial"
         assert meta["ownerReferences"][0]["uid"] == sweep["metadata"]["uid"]
         assert meta["ownerReferences"][0]["controller"] is True
         shares = experiment_shares(exp, plan.domains)
@@ -199,7 +199,7 @@ def test_the_proposal_is_near_the_law_optimum_and_the_final_run_gets_it() -> Non
     assert status["fit"]["spearman"] > 0.8
     # the final run: the trials' experiment with the final's model and the proposed shares
     final = h.api.experiments[("ns", "mix-final")]
-    assert final["metadata"]["labels"][LABEL_ROLE] == "final"
+    assert final["metadata"]["labels"][LABEL_TRIAL] == "final"
     assert final["spec"]["model"] == {"preset": "small"}
     assert experiment_shares(final, LAW_DOMAINS) == pytest.approx(shares, abs=1e-6)
     assert (status["phase"], status["reason"]) == ("Running", "FinalRunning")

@@ -87,7 +87,7 @@ def test_valid_sweep_has_no_problems() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "datamix.cli", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "datamix_cli", *args], capture_output=True, text=True, cwd=REPO,
                           check=False)
 
 

@@ -10,7 +10,7 @@ import threading
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 
-from datamix.sweep_schema import PHASES
+from datamix.names import SWEEP_PHASES as PHASES
 from datamix_operator.metrics import PREFIX
 
 TRIAL_STATES = ("pending", "active", "succeeded", "failed")

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from datamix import API_VERSION, GROUP, KIND
+from datamix import API_VERSION, KIND
 from datamix.errors import UserError
+from datamix.names import FINAL_TRIAL, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_SWEEP, LABEL_TRIAL, MANAGED_BY, PART_OF
 from datamix.sweep_schema import (
     DEFAULT_MAX_FAILED_TRIALS,
     DEFAULT_PARALLELISM,
@@ -27,12 +28,7 @@ from datamix.sweep_schema import (
     final_name,
     trial_name,
 )
-from datamix.names import LABEL_MANAGED_BY, LABEL_PART_OF, MANAGED_BY
 
-LABEL_SWEEP = f"{GROUP}/sweep"
-LABEL_TRIAL = f"{GROUP}/trial"  # the trial's index; absent on the final run
-LABEL_ROLE = f"{GROUP}/sweep-role"  # trial or final
-ROLE_TRIAL, ROLE_FINAL = "trial", "final"
 # Shares written into the trials' weights: enough digits that the realised mixture is the
 # sampled one, few enough to keep 128 domains x 512 trials readable.
 SHARE_DIGITS = 12
@@ -116,7 +112,7 @@ def _experiment(sweep: Mapping[str, Any], name: str, shares: Sequence[float], la
         "metadata": {
             "name": name,
             "namespace": sweep["metadata"]["namespace"],
-            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_PART_OF: "datamix",
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_PART_OF: PART_OF,
                        LABEL_SWEEP: sweep["metadata"]["name"], **labels},
             "ownerReferences": [owner_reference(sweep)],
         },
@@ -126,7 +122,7 @@ def _experiment(sweep: Mapping[str, Any], name: str, shares: Sequence[float], la
 
 def trial_experiment(sweep: Mapping[str, Any], index: int, shares: Sequence[float]) -> dict[str, Any]:
     return _experiment(sweep, trial_name(sweep["metadata"]["name"], index), shares,
-                       {LABEL_ROLE: ROLE_TRIAL, LABEL_TRIAL: str(index)})
+                       {LABEL_TRIAL: str(index)})
 
 
 def final_experiment(sweep: Mapping[str, Any], shares: Sequence[float]) -> dict[str, Any]:
@@ -134,7 +130,7 @@ def final_experiment(sweep: Mapping[str, Any], shares: Sequence[float]) -> dict[
     queue = sweep["spec"]["experiment"]["resources"].get("queueName")
     if queue and "resources" in replace:
         replace["resources"].setdefault("queueName", queue)  # the trials' Kueue queue, unless final names one
-    return _experiment(sweep, final_name(sweep["metadata"]["name"]), shares, {LABEL_ROLE: ROLE_FINAL},
+    return _experiment(sweep, final_name(sweep["metadata"]["name"]), shares, {LABEL_TRIAL: FINAL_TRIAL},
                        replace=replace)
 
 

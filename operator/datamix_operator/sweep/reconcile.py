@@ -28,20 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamix.errors import UserError
+from datamix.names import FINAL_TRIAL, LABEL_SWEEP, LABEL_TRIAL, MANAGED_BY
 from datamix.sweep_schema import final_name, trial_name
 from datamix_operator.kube import AlreadyExists, KubeError
 from datamix_operator.reconcile import owned_by, utcnow
-from datamix.names import MANAGED_BY
 from datamix_operator.status import merge_patch, same
 from datamix_operator.sweep.fit import FitRequest, FitResult, Fitter
 from datamix_operator.sweep.kube import SweepApi
 from datamix_operator.sweep.metrics import SweepMetrics
 from datamix_operator.sweep.plan import (
-    LABEL_ROLE,
-    LABEL_SWEEP,
-    LABEL_TRIAL,
-    ROLE_FINAL,
-    ROLE_TRIAL,
     SweepPlan,
     experiment_shares,
     final_experiment,
@@ -238,11 +233,11 @@ class SweepReconciler:
         for exp in self.kube.list_experiments_labelled(namespace, f"{LABEL_SWEEP}={name}"):
             if not owned_by(exp, meta["uid"]):
                 continue
-            labels = exp["metadata"].get("labels") or {}
-            if labels.get(LABEL_ROLE) == ROLE_FINAL:
+            trial = (exp["metadata"].get("labels") or {}).get(LABEL_TRIAL) or ""
+            if trial == FINAL_TRIAL:
                 final = exp
-            elif labels.get(LABEL_ROLE) == ROLE_TRIAL and (labels.get(LABEL_TRIAL) or "").isdigit():
-                trial_exps[int(labels[LABEL_TRIAL])] = exp
+            elif trial.isdigit():
+                trial_exps[int(trial)] = exp
         trials = classify(plan, trial_exps)
         too_many_failed = len(trials.failed) > plan.max_failed
 

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from datamix.errors import UserError
+from datamix.names import LABEL_SWEEP, LABEL_TRIAL
 from datamix_operator.sweep.kube import SweepApi
 from datamix_operator.sweep.plan import (
-    LABEL_ROLE,
-    LABEL_SWEEP,
-    ROLE_TRIAL,
     SweepPlan,
     experiment_shares,
     validation_losses,
@@ -40,7 +38,7 @@ def trials_table(plan: SweepPlan, experiments: list[dict[str, Any]]) -> Any:
     rows = []
     for exp in sorted(experiments, key=lambda e: e["metadata"]["name"]):
         labels = exp["metadata"].get("labels") or {}
-        if labels.get(LABEL_ROLE) != ROLE_TRIAL or (exp.get("status") or {}).get("phase") != "Succeeded":
+        if not (labels.get(LABEL_TRIAL) or "").isdigit() or (exp.get("status") or {}).get("phase") != "Succeeded":
             continue
         losses = validation_losses(exp)
         if all(d in losses for d in loss_domains):
