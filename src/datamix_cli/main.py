@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from datamix_operator import commands as operator_commands
+from datamix_operator.sweep import report as sweep_report
 from datamix_trainer import commands as trainer_commands
 
 from datamix.errors import UserError
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_commands.register(sub)
     operator_commands.register(sub)
     search_commands.register(sub, sweep_local_runner)
+    sweep_report.register(sub)  # `datamix sweep report`: the cluster's side of `datamix sweep`
     return parser
 
 

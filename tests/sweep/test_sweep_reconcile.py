@@ -17,7 +17,7 @@ pytest.importorskip("datamix.search.proposer", reason="the search engine (datami
 from datamix_operator.sweep.fit import FitRequest, Fitter
 from datamix_operator.sweep.metrics import SweepMetrics
 from datamix_operator.sweep.plan import SweepPlan, experiment_shares
-from datamix_operator.sweep.reconcile import SweepReconciler, Trials, sample_shares
+from datamix_operator.sweep.reconcile import SweepReconciler, Trials
 from prometheus_client import CollectorRegistry
 
 from datamix.names import LABEL_SWEEP, LABEL_TRIAL
@@ -86,7 +86,7 @@ def test_trials_are_created_within_parallelism_with_deterministic_mixtures() -> 
         assert meta["ownerReferences"][0]["uid"] == sweep["metadata"]["uid"]
         assert meta["ownerReferences"][0]["controller"] is True
         shares = experiment_shares(exp, plan.domains)
-        assert shares == pytest.approx(sample_shares(plan, index), abs=1e-9)
+        assert shares == pytest.approx(plan.trial_shares(index), abs=1e-9)
         assert sum(shares) == pytest.approx(1.0, abs=1e-9)
         assert shares[0] >= 0.1 - 1e-9
         assert exp["spec"]["model"] == sweep["spec"]["experiment"]["model"]
@@ -224,8 +224,9 @@ def test_a_fit_that_runs_too_long_fails_the_sweep_with_the_reason() -> None:
 
 
 def test_a_fit_past_its_memory_cap_is_stopped() -> None:
-    request = FitRequest(domains=["a", "b"], shares=[[0.5, 0.5]] * 4, loss_domains=["a"], losses=[[1.0]] * 4,
-                         weights=[1.0], prior=[0.5, 0.5], min_share={}, max_share={}, regression="loglinear", seed=0)
+    request = FitRequest(trials=["a", "b", "c", "d"], domains=["a", "b"], shares=[[0.5, 0.5]] * 4, loss_domains=["a"],
+                         losses=[[1.0]] * 4, objective={"a": 1.0}, prior=[0.5, 0.5], min_share={}, max_share={},
+                         regression="loglinear", seed=0)
     result = Fitter(memory_mib=64).run_bounded(request)
     assert result.shares is None
     assert result.error is not None
@@ -280,14 +281,12 @@ def test_metrics_follow_the_sweep_and_go_with_it() -> None:
 
 
 def test_the_kueue_queue_passes_to_the_trials_and_the_final_run() -> None:
-    from datamix_operator.sweep.plan import final_experiment, trial_experiment
-
     sweep = small_sweep()
     sweep["spec"]["experiment"]["resources"]["queueName"] = "proxies"
     sweep["spec"]["final"] = {"resources": {"nodes": 4, "gpusPerNode": 8}}
     sweep["metadata"].update(uid="u", namespace="ns")
-    assert trial_experiment(sweep, 3, (0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "proxies"
-    assert final_experiment(sweep, (0.2, 0.3, 0.5))["spec"]["resources"] == {
+    assert SweepPlan.read(sweep).trial_experiment(3)["spec"]["resources"]["queueName"] == "proxies"
+    assert SweepPlan.read(sweep).final_experiment((0.2, 0.3, 0.5))["spec"]["resources"] == {
         "nodes": 4, "gpusPerNode": 8, "queueName": "proxies"}
     sweep["spec"]["final"]["resources"]["queueName"] = "big"
-    assert final_experiment(sweep, (0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "big"
+    assert SweepPlan.read(sweep).final_experiment((0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "big"

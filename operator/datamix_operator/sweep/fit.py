@@ -5,8 +5,8 @@
 space before importing numpy, and is killed when it exceeds `timeout_seconds`. The reconciler
 never waits: it submits, returns, and is called again (`on_done`) when the result is in. A failed,
 killed or timed-out fit is a result too (its `error`), so the sweep reports it instead of retrying
-forever. The computation itself is `datamix.search` (regression, cross-validated Spearman,
-proposer), the same code as `datamix sweep fit`.
+forever. The computation itself is `datamix.search.fit.fit_and_propose`, the same code as
+`datamix sweep fit` and `datamix sweep run`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ DEFAULT_FIT_MEMORY_MIB = 2048
 
 @dataclass(frozen=True)
 class FitRequest:
+    """The finished trials and the sweep's settings: what `fit_and_propose` needs (plain JSON)."""
+
+    trials: list[str]
     domains: list[str]
     shares: list[list[float]]  # trials x domains
     loss_domains: list[str]
     losses: list[list[float]]  # trials x loss_domains
-    weights: list[float]  # objective weight of each loss domain, summing to 1
+    objective: dict[str, float]  # loss domain -> weight
     prior: list[float]
     min_share: dict[str, float]
     max_share: dict[str, float]
@@ -62,33 +65,31 @@ class FitResult:
 
 
 def compute(request: FitRequest) -> FitResult:
-    """Fit, cross-validate and propose (runs in the child process)."""
+    """`datamix.search.fit.fit_and_propose` on the request (runs in the child process)."""
     import numpy as np
 
     from datamix.errors import UserError
-    from datamix.search.proposer import propose
-    from datamix.search.regression import cross_validated_spearman, fit
-    from datamix.search.simplex import Bounds
+    from datamix.search.fit import fit_and_propose
+    from datamix.search.table import TrialTable
 
     started = time.monotonic()
     try:
-        shares = np.asarray(request.shares, dtype=float)
-        losses = np.asarray(request.losses, dtype=float)
-        weights = np.asarray(request.weights, dtype=float)
-        prior = np.asarray(request.prior, dtype=float)
-        bounds = Bounds.make(request.domains, request.min_share, request.max_share)
-        model = fit(request.regression, shares, losses, weights)
-        rho, _ = cross_validated_spearman(request.regression, shares, losses, weights, seed=request.seed)
-        proposal = propose(model, bounds, prior, shares, seed=request.seed)
+        table = TrialTable(trials=tuple(request.trials), domains=tuple(request.domains),
+                           shares=np.asarray(request.shares, dtype=float), loss_domains=tuple(request.loss_domains),
+                           losses=np.asarray(request.losses, dtype=float))
+        fit = fit_and_propose(table, objective=request.objective, regression=request.regression,
+                              min_share=request.min_share, max_share=request.max_share,
+                              prior=np.asarray(request.prior, dtype=float), seed=request.seed)
     except UserError as err:
-        return FitResult(trials=len(request.shares), error=str(err), seconds=time.monotonic() - started)
+        return FitResult(trials=len(request.trials), error=str(err), seconds=time.monotonic() - started)
+    proposal = fit.proposal
     return FitResult(
         shares=[float(s) for s in proposal.shares],
-        predicted=proposal.predicted,
-        predicted_prior=proposal.predicted_prior,
-        predicted_uniform=proposal.predicted_uniform,
-        spearman=float(rho) if np.isfinite(rho) else None,
-        trials=len(request.shares),
+        predicted=float(proposal.predicted),
+        predicted_prior=float(proposal.predicted_prior),
+        predicted_uniform=float(proposal.predicted_uniform),
+        spearman=float(fit.spearman) if np.isfinite(fit.spearman) else None,
+        trials=fit.trials,
         seconds=time.monotonic() - started,
     )
 

@@ -36,14 +36,7 @@ from datamix_operator.status import merge_patch, same
 from datamix_operator.sweep.fit import FitRequest, FitResult, Fitter
 from datamix_operator.sweep.kube import SweepApi
 from datamix_operator.sweep.metrics import SweepMetrics
-from datamix_operator.sweep.plan import (
-    SweepPlan,
-    experiment_shares,
-    final_experiment,
-    objective_of,
-    trial_experiment,
-    validation_losses,
-)
+from datamix_operator.sweep.plan import SweepPlan, experiment_shares, objective_of, validation_losses
 
 log = logging.getLogger("datamix_operator")
 
@@ -88,47 +81,21 @@ def _stalled_invalid(exp: Mapping[str, Any]) -> bool:
                for c in (exp.get("status") or {}).get("conditions") or [])
 
 
-def check_trials(sweep: Mapping[str, Any], plan: SweepPlan) -> None:
-    """What only the operator can judge: feasible bounds, and trial and final run specs that build."""
-    from datamix.experiment import build_run_spec
-
-    sample_shares(plan, 0)
-    for what, exp in (("spec.experiment", trial_experiment(sweep, 0, plan.prior)),
-                      ("spec.final", final_experiment(sweep, plan.prior) if plan.final is not None else None)):
-        if exp is None:
-            continue
-        try:
-            build_run_spec(exp)
-        except UserError as err:
-            raise UserError(f"{what}.{str(err).removeprefix('spec.')}") from err
-
-
-def sample_shares(plan: SweepPlan, index: int) -> list[float]:
-    """Trial `index`'s mixture: a pure function of the spec and the index."""
-    import numpy as np
-
-    from datamix.search.sampler import trial_mixture
-    from datamix.search.simplex import Bounds
-
-    bounds = Bounds.make(plan.domains, plan.min_share, plan.max_share, "spec.search.minShare",
-                         "spec.search.maxShare")
-    shares = trial_mixture(plan.seed, index, np.asarray(plan.prior), bounds, plan.sampler)
-    return [float(s) for s in shares]
-
-
 def fit_request(plan: SweepPlan, trials: Trials) -> FitRequest:
     order = sorted(trials.succeeded)
+    search = plan.sweep.search
     return FitRequest(
+        trials=[trial_name(plan.name, i) for i in order],
         domains=list(plan.domains),
         shares=[trials.succeeded[i][0] for i in order],
         loss_domains=list(plan.objective),
         losses=[trials.succeeded[i][1] for i in order],
-        weights=list(plan.objective.values()),
-        prior=list(plan.prior),
-        min_share=plan.min_share,
-        max_share=plan.max_share,
+        objective=plan.objective,
+        prior=plan.prior,
+        min_share=dict(search.min_share or {}),
+        max_share=dict(search.max_share or {}),
         regression=plan.regression,
-        seed=plan.seed,
+        seed=search.seed,
     )
 
 
@@ -223,7 +190,6 @@ class SweepReconciler:
         old: dict[str, Any] = sweep.get("status") or {}
         try:
             plan = SweepPlan.read(sweep)
-            check_trials(sweep, plan)
         except UserError as err:
             return self._write(sweep, old, self._stalled(sweep, old, INVALID_SPEC, str(err)))
 
@@ -247,8 +213,7 @@ class SweepReconciler:
             room = plan.parallelism - len(trials.active)
             missing = [i for i in range(plan.trials) if i not in trials.experiments]
             for index in missing[: max(room, 0)]:
-                created = self._create(namespace, trial_experiment(sweep, index, sample_shares(plan, index)),
-                                       meta["uid"])
+                created = self._create(namespace, plan.trial_experiment(index), meta["uid"])
                 if created is None:
                     conflict = f"experiment {trial_name(name, index)} exists and is not this sweep's; " \
                                "delete it or rename the sweep"
@@ -298,8 +263,8 @@ class SweepReconciler:
             proposal = new["proposal"]
         shares_by_name = {m["name"]: m["share"] for m in proposal["mixture"]}
         shares = [shares_by_name.get(d, 0.0) for d in plan.domains]
-        if plan.final is not None and final is None:
-            final = self._create(namespace, final_experiment(sweep, shares), plan.uid)
+        if plan.has_final and final is None:
+            final = self._create(namespace, plan.final_experiment(shares), plan.uid)
             if final is None:
                 self._stalled(sweep, old, CHILD_CONFLICT,
                               f"experiment {final_name(name)} exists and is not this sweep's; delete it", base=new)

@@ -62,15 +62,14 @@ def write_report(sweep: dict[str, Any], experiments: list[dict[str, Any]], outpu
 
     from datamix.search.fit import fit_and_propose
     from datamix.search.local import SweepReport, plot, summary
-    from datamix.search.sweep import parse_sweep
 
     plan = SweepPlan.read(sweep)
     table = trials_table(plan, experiments)
-    fit = fit_and_propose(table, objective=plan.objective, regression=plan.regression, min_share=plan.min_share,
-                          max_share=plan.max_share, prior=np.asarray(plan.prior), seed=plan.seed,
-                          field="spec.search.")
+    search = plan.sweep.search
+    fit = fit_and_propose(table, objective=plan.objective, regression=plan.regression, min_share=search.min_share,
+                          max_share=search.max_share, prior=np.asarray(plan.prior), seed=search.seed)
     observed = ((sweep.get("status") or {}).get("final") or {}).get("observedObjective")
-    report = SweepReport(sweep=parse_sweep(sweep), table=table, fit=fit, trials=[], final=None,
+    report = SweepReport(sweep=plan.sweep, table=table, fit=fit, trials=[], final=None,
                          final_observed=observed)
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path = output_dir / TABLE_NAME
@@ -112,7 +111,10 @@ def _current_namespace() -> str:
         return "default"
 
 
-def register(sweep_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `report` under the `sweep` command (registered by datamix.search.commands first)."""
+    sweep = subparsers.choices["sweep"]
+    sweep_subparsers = next(a for a in sweep._actions if isinstance(a, argparse._SubParsersAction))
     p = sweep_subparsers.add_parser(
         "report",
         help="a sweep on the cluster as trials.csv and sweep.png (as `datamix sweep run` writes them)",
