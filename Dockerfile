@@ -59,8 +59,9 @@ USER 10001:10001
 WORKDIR /home/datamix
 EXPOSE 9410
 # datamix.runspec.TRAINER_COMMAND, the command the operator puts into every trainer pod and the
-# tests run. The pod spec passes --master-addr=$(MASTER_ADDR) --master-port=$(MASTER_PORT), which
-# only the kubelet expands; torchrun reads the same values from PET_MASTER_ADDR/PET_MASTER_PORT,
+# tests run (`datamix launch`: torchrun with exit code 128+n when a rank died of signal n). The pod
+# spec passes --master-addr=$(MASTER_ADDR) --master-port=$(MASTER_PORT), which only the kubelet
+# expands; torchrun reads the same values from PET_MASTER_ADDR/PET_MASTER_PORT,
 # which the Kubeflow training-operator sets too, so the image's default leaves them out and also
 # runs as is outside Kubernetes (one node, rendezvous on 127.0.0.1).
-CMD ["torchrun", "--no-python", "datamix", "train", "--run-spec", "/etc/datamix/runspec.json"]
+CMD ["datamix", "launch", "--no-python", "datamix", "train", "--run-spec", "/etc/datamix/runspec.json"]

@@ -248,11 +248,13 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-# How every trainer pod starts. torchrun reads --nnodes, --node-rank and --nproc-per-node from the
+# How every trainer pod starts: `datamix launch` is torchrun with honest exit codes (128+n when a
+# rank died of signal n). torchrun reads --nnodes, --node-rank and --nproc-per-node from the
 # PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE variables that the Kubeflow training-operator
 # injects; the rendezvous address comes from its MASTER_ADDR/MASTER_PORT (expanded by the kubelet).
 TRAINER_COMMAND: tuple[str, ...] = (
-    "torchrun",
+    "datamix",
+    "launch",
     "--master-addr=$(MASTER_ADDR)",
     "--master-port=$(MASTER_PORT)",
     "--no-python",
@@ -262,6 +264,8 @@ TRAINER_COMMAND: tuple[str, ...] = (
     RUN_SPEC_PATH,
 )
 RUN_SPEC_ENV = "DATAMIX_RUN_SPEC"
+# The trainer's exit code when the loss or gradient norm is not finite (status reason NonFiniteLoss).
+NON_FINITE_LOSS_EXIT_CODE = 3
 # The trainer's Prometheus endpoint (one per pod, served by local rank 0), container port `metrics`.
 METRICS_PORT = 9410
 METRICS_PORT_NAME = "metrics"

@@ -67,7 +67,8 @@ def trainer_env(**extra: str) -> dict[str, str]:
 
 
 def start_training(spec_path: Path, nproc: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    """`datamix train` as a pod runs it: under torchrun for several processes, bare for one."""
+    """`datamix train` as a pod runs it: under `datamix launch` (torchrun) for several processes,
+    bare for one."""
     command = local_train_command(spec_path, nproc)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb")  # noqa: SIM115  (closed by the process's end; the test reads it after)
@@ -94,6 +95,25 @@ def kill_when(process: subprocess.Popen[bytes], condition: Callable[[], bool], t
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def worker_pids(launcher: subprocess.Popen[bytes]) -> dict[int, int]:
+    """Global rank -> pid of the launcher's worker processes (its children with RANK set)."""
+    workers: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone, or not ours to read
+        if parent != launcher.pid:
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                workers[int(item[len(b"RANK=") :])] = int(entry.name)
+    return workers
 
 
 def history(output_dir: Path, kind: str = "train", attempt: int | None = None) -> dict[int, dict[str, Any]]:

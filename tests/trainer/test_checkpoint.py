@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import random
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from datamix_trainer.checkpoint import MARKER, Checkpointer, step_dir
+
+from datamix.errors import UserError
 
 
 def make(root: Path, keep: int = 3) -> Checkpointer:
@@ -81,3 +87,86 @@ def test_old_checkpoints_are_pruned_and_the_marker_describes_the_files(tmp_path:
     assert marker["step"] == 40 and marker["consumed_samples"] == 640
     for name, meta in marker["files"].items():
         assert (step_dir(tmp_path, 40) / name).stat().st_size == meta["bytes"]
+
+
+class Payload:
+    """Unpickling this creates a file: what a planted checkpoint would do instead."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.sentinel,))
+
+
+def plant(checkpoint: Path, name: str, payload: object) -> None:
+    """Replace one file of a complete checkpoint and re-seal its marker, as someone with write
+    access to a shared output volume could."""
+    torch.save({"model": {}, "trainer": payload}, checkpoint / name)
+    marker = json.loads((checkpoint / MARKER).read_text())
+    data = (checkpoint / name).read_bytes()
+    marker["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / MARKER).write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize("name", ["state.pt", "rng_rank0.pt"])
+def test_a_pickle_payload_is_not_run_and_the_previous_checkpoint_is_loaded(tmp_path: Path, name: str) -> None:
+    checkpointer = make(tmp_path / "checkpoints")
+    for step in (10, 20):
+        save(checkpointer, step)
+    sentinel = tmp_path / "payload-ran"
+    plant(step_dir(tmp_path / "checkpoints", 20), name, Payload(sentinel))
+    assert Checkpointer.verify(step_dir(tmp_path / "checkpoints", 20)) == (True, "")  # the marker matches
+
+    messages: list[str] = []
+    found = checkpointer.load_latest(torch.device("cpu"), log=messages.append)
+    assert not sentinel.exists()
+    assert found is not None
+    checkpoint, state = found
+    assert checkpoint.step == 10
+    assert state["step"] == 10
+    assert len(messages) == 1
+    assert f"step_00000020 skipped: {name} holds more than tensors and plain data" in messages[0]
+
+
+def test_a_checkpoint_of_another_run_is_refused_before_unpickling(tmp_path: Path) -> None:
+    save(Checkpointer(tmp_path, rank=0, world_size=1, barrier=lambda: None, run="aaaa1111"), 10)
+    sentinel = tmp_path / "payload-ran"
+    plant(step_dir(tmp_path, 10), "state.pt", Payload(sentinel))
+    mine = Checkpointer(tmp_path, rank=0, world_size=1, barrier=lambda: None, run="bbbb2222")
+    with pytest.raises(UserError, match=r"belongs to run aaaa1111, not bbbb2222"):
+        mine.load_latest(torch.device("cpu"), log=lambda _: None)
+    assert not sentinel.exists()
+
+
+def test_every_type_the_trainer_saves_loads_with_weights_only(tmp_path: Path) -> None:
+    """Optimizer state, RNG states (Python, NumPy, torch) and nested plain data round-trip."""
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    checkpointer = make(tmp_path)
+    checkpointer.save(
+        1,
+        16,
+        lambda: {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "trainer": {"step": 1, "validation": [None, 1.5], "recent_losses": [2.0], "run": "r"},
+        },
+    )
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    checkpointer.save(2, 32, lambda: {"model": model.state_dict()})  # RNG states saved here
+    _ = (random.random(), np.random.rand(), torch.rand(1).item())  # move every generator on
+    found = checkpointer.load_latest(torch.device("cpu"), log=lambda _: None)
+    assert found is not None
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # restored
+    first = checkpointer.load(checkpointer.find_latest(before=2), torch.device("cpu"))  # type: ignore[arg-type]
+    assert first["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert first["trainer"]["validation"] == [None, 1.5]

@@ -77,3 +77,34 @@ def test_tensor_parallelism_is_refused_on_the_gpu_path() -> None:
 
     with pytest.raises(UserError, match=r"tensorModelParallelSize.*data-parallel only"):
         transformer_config(spec_with("small", tensorModelParallelSize=2), use_te=False)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # megatron's advice for GPU runs
+@pytest.mark.parametrize(
+    ("use_te", "grouped_gemm", "module"),
+    [(False, False, "SequentialMLP"), (False, True, "GroupedMLP"), (True, False, "TEGroupedMLP")],
+)
+def test_openseek_small_names_the_moe_experts_module_it_gets(use_te: bool, grouped_gemm: bool, module: str) -> None:
+    """The preset asks for grouped GEMM; without Transformer Engine or grouped_gemm the trainer
+    falls back to SequentialMLP and says so (the description is the start-up log line)."""
+    from datamix_trainer.megatron_model import moe_experts, transformer_config
+
+    spec = spec_with("openseek-small")
+    assert spec.model.settings["moeGroupedGemm"]
+    grouped, description = moe_experts(spec.model.settings, use_te, grouped_gemm)
+    assert description.startswith(module)
+    assert grouped == (module != "SequentialMLP")
+    if module == "SequentialMLP":
+        assert "neither Transformer Engine nor the grouped_gemm package is installed" in description
+    if not use_te:  # megatron's MoE layer spec without TE, as its decoder block spec builds it from the config
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+        config = transformer_config(spec, use_te=False, grouped_gemm=grouped_gemm)
+        assert config.moe_grouped_gemm == grouped
+        layer = get_gpt_layer_local_spec(
+            num_experts=config.num_moe_experts,
+            moe_grouped_gemm=config.moe_grouped_gemm,
+            qk_layernorm=config.qk_layernorm,
+            multi_latent_attention=True,
+        )
+        assert layer.submodules.mlp.submodules.experts.module.__name__ == module

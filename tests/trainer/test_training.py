@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import threading
@@ -17,7 +18,16 @@ from typing import Any
 import pytest
 
 from datamix.runspec import RunResult, RunSpec
-from tests.trainer.runs import free_port, history, kill_when, quickstart_spec, start_training, wait, write_spec
+from tests.trainer.runs import (
+    free_port,
+    history,
+    kill_when,
+    quickstart_spec,
+    start_training,
+    wait,
+    worker_pids,
+    write_spec,
+)
 
 pytestmark = pytest.mark.training
 
@@ -182,20 +192,6 @@ def test_logs_follow_the_per_process_layout(ddp_run: dict[str, Any]) -> None:
             assert key in lines[-1]
 
 
-def run_killed_and_resumed(spec: RunSpec, root: Path, nproc: int, kill_after_step: int) -> Path:
-    """Start a run, SIGKILL it once checkpoint `kill_after_step` is complete, and run it again to
-    the end. Returns the run's output directory."""
-    out = Path(spec.output_dir)
-    spec_path = write_spec(spec, root)
-    marker = out / "checkpoints" / f"step_{kill_after_step:08d}" / "COMPLETE"
-    process = start_training(spec_path, nproc, root / "first.log")
-    kill_when(process, marker.exists)
-    assert not (out / "results.json").exists(), "the first attempt was meant to die before the end"
-    process = start_training(spec_path, nproc, root / "second.log")
-    wait(process, root / "second.log")
-    return out
-
-
 def resumed_step(out: Path, attempt: int = 1) -> int:
     log = next((out / "logs" / "details").rglob(f"attempt_{attempt}/0/stdout.log")).read_text()
     match = re.search(r"resumed from step_\d+: step (\d+)", log)
@@ -264,12 +260,40 @@ def test_kill_truncate_and_sigterm_one_process_resume_bitwise(
     assert final["tokens"] == reference["tokens"]  # per-dataset counts survive the restarts
 
 
-def test_kill_and_resume_with_ddp_matches_the_uninterrupted_run(
+def test_sigkill_of_one_rank_exits_137_within_60s_and_the_relaunch_matches_the_uninterrupted_run(
     ddp_run: dict[str, Any], demo_dir: Path, tmp_path: Path
 ) -> None:
+    """One rank OOM-killed (SIGKILL) under the pods' launcher: the launcher stops the other rank and
+    exits 128 + 9, a code the ExitCode restart policy retries; the relaunch resumes from the last
+    checkpoint and reproduces the uninterrupted two-process run."""
     expected = history(Path(ddp_run["spec"].output_dir))
     spec = quickstart_spec(demo_dir, tmp_path / "out", nproc=2, training=DDP_TRAINING)
-    out = run_killed_and_resumed(spec, tmp_path, 2, kill_after_step=20)
+    out = Path(spec.output_dir)
+    spec_path = write_spec(spec, tmp_path)
+    process = start_training(spec_path, 2, tmp_path / "first.log")
+    marker = out / "checkpoints" / "step_00000020" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline, "timed out waiting for checkpoint 20"
+        time.sleep(0.05)
+    workers = worker_pids(process)
+    assert sorted(workers) == [0, 1]
+    os.kill(workers[1], signal.SIGKILL)
+    killed = time.monotonic()
+    code = process.wait(timeout=120)
+    seconds = time.monotonic() - killed
+    log = (tmp_path / "first.log").read_text()
+    print(f"launcher exited {code} {seconds:.1f}s after rank 1 was SIGKILLed")
+    assert code == 128 + signal.SIGKILL, log[-3000:]
+    assert seconds < 60
+    assert "datamix launch: rank 1 died of SIGKILL: exit code 137" in log
+    assert not (out / "results.json").exists(), "the first attempt was meant to die before the end"
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers.values()), "a worker outlived the launcher"
+
+    process = start_training(spec_path, 2, tmp_path / "second.log")
+    wait(process, tmp_path / "second.log")
     start = resumed_step(out)
     assert start >= 20
     resumed = history(out, attempt=1)

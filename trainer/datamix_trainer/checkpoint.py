@@ -13,6 +13,13 @@ scans `step_*` newest first and takes the first whose `COMPLETE` exists and whos
 their recorded sizes and hashes; a half-written or truncated checkpoint is skipped in favour of
 the previous one. The directory scan is the only source of truth: there is no `latest` pointer
 that could disagree with it.
+
+Checkpoint files are data, not code: they are read with `torch.load(weights_only=True)`, which
+rebuilds tensors and plain containers only and refuses any other pickled object, plus the short
+`SAFE_GLOBALS` list below. The RNG states are stored as tensors and tuples for that reason. A
+file that carries anything else (a pickle payload planted on a shared volume) is refused without
+running it, and loading falls back to the previous checkpoint. The marker names the run, so a
+checkpoint of another run is refused before any of its files is unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -30,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from datamix.errors import UserError
 
 MARKER = "COMPLETE"
 STATE_FILE = "state.pt"
@@ -61,8 +71,23 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# Types besides tensors and plain containers that a checkpoint may hold: the dtypes and devices
+# torch puts into some optimizer and RNG states. Nothing here runs code when unpickled.
+SAFE_GLOBALS: list[Any] = [torch.device, torch.dtype, torch.Size]
+
+
+class UnsafeCheckpoint(Exception):
+    """A checkpoint file holds something other than tensors and plain data."""
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # NumPy's state as a tuple with a tensor: weights_only loading refuses NumPy arrays.
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "python": random.getstate(),
+        "numpy": (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -70,7 +95,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -86,12 +112,23 @@ class Checkpoint:
 class Checkpointer:
     """Saves and finds checkpoints; collective calls (`save`, `find_latest`) run on every rank."""
 
-    def __init__(self, root: Path, rank: int, world_size: int, barrier: Callable[[], None], keep: int = 3):
+    def __init__(
+        self,
+        root: Path,
+        rank: int,
+        world_size: int,
+        barrier: Callable[[], None],
+        keep: int = 3,
+        run: str | None = None,
+        all_ok: Callable[[bool], bool] = lambda ok: ok,
+    ):
         self.root = root
         self.rank = rank
         self.world_size = world_size
         self.barrier = barrier
         self.keep = keep
+        self.run = run  # written into the marker and checked before anything is unpickled
+        self.all_ok = all_ok  # whether every rank's value is True (a collective under torchrun)
 
     # Saving -------------------------------------------------------------------------------------
 
@@ -114,6 +151,7 @@ class Checkpointer:
                 "step": step,
                 "consumed_samples": consumed_samples,
                 "world_size": self.world_size,
+                "run": self.run,
                 "time": time.time(),
                 "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
             }
@@ -169,18 +207,48 @@ class Checkpointer:
                 return False, f"{name} does not match its sha256 (corrupt)"
         return True, ""
 
-    def find_latest(self, log: Callable[[str], None] = print) -> Checkpoint | None:
-        """The newest complete checkpoint, chosen by rank 0 and agreed on by every rank."""
+    def find_latest(self, log: Callable[[str], None] = print, before: int | None = None) -> Checkpoint | None:
+        """The newest complete checkpoint (older than step `before`, if given), chosen by rank 0
+        and agreed on by every rank."""
         choice: Checkpoint | None = None
         if self.rank == 0:
             for path in self._candidates():
+                if before is not None and int(path.name[len(PREFIX) :]) >= before:
+                    continue
                 ok, why = self.verify(path)
                 if ok:
                     marker = json.loads((path / MARKER).read_text())
+                    self._check_run(path, marker.get("run"))
                     choice = Checkpoint(path, int(marker["step"]), int(marker["consumed_samples"]))
                     break
                 log(f"checkpoint {path} skipped: {why}")
         return self._agree(choice)
+
+    def _check_run(self, path: Path, run: str | None) -> None:
+        if self.run is not None and run is not None and run != self.run:
+            raise UserError(
+                f"output.path: {path} belongs to run {run}, not {self.run}; give each run its own output directory"
+            )
+
+    def load_latest(
+        self, map_location: torch.device, log: Callable[[str], None] = print
+    ) -> tuple[Checkpoint, dict[str, Any]] | None:
+        """The newest checkpoint that every rank could load, and its state; None when there is none.
+
+        A checkpoint whose files hold anything but tensors and plain data is skipped (on every rank:
+        each rank reads its own RNG file, so they agree through `all_ok` before going on).
+        """
+        before: int | None = None
+        while (checkpoint := self.find_latest(log, before)) is not None:
+            state: dict[str, Any] | None = None
+            try:
+                state = self.load(checkpoint, map_location)
+            except UnsafeCheckpoint as err:
+                log(f"checkpoint {checkpoint.path} skipped: {err}")
+            if self.all_ok(state is not None) and state is not None:
+                return checkpoint, state
+            before = checkpoint.step
+        return None
 
     def _agree(self, choice: Checkpoint | None) -> Checkpoint | None:
         if self.world_size == 1:
@@ -191,8 +259,18 @@ class Checkpointer:
 
     def load(self, checkpoint: Checkpoint, map_location: torch.device) -> dict[str, Any]:
         """Rank-0's state (every rank loads the same file) and this rank's RNG state applied."""
-        state = torch.load(checkpoint.path / STATE_FILE, map_location=map_location, weights_only=False)
+        state = safe_load(checkpoint.path / STATE_FILE, map_location)
         rng = checkpoint.path / f"rng_rank{self.rank}.pt"
         if rng.exists():  # absent when resuming on more ranks than the checkpoint was written by
-            set_rng_state(torch.load(rng, weights_only=False))
+            set_rng_state(safe_load(rng, torch.device("cpu")))
         return state
+
+
+def safe_load(path: Path, map_location: torch.device) -> Any:
+    """`torch.load` that rebuilds tensors and plain data only (never runs pickled code)."""
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpoint(f"{path.name} holds more than tensors and plain data, not loaded ({first})") from err

@@ -1,4 +1,4 @@
-"""The trainer's subcommands of `datamix`: `train`, `run` and `demo-data`.
+"""The trainer's subcommands of `datamix`: `train`, `launch`, `run` and `demo-data`.
 
 Imported by the core CLI in every image, so this module imports neither torch nor megatron: each
 command imports what it needs when it runs.
@@ -19,14 +19,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = load_run_spec(args.run_spec)
     check_run_data(spec)  # before torch is even imported: a missing file fails in a second
-    from datamix_trainer.loop import Stopped, train
+    from datamix_trainer.loop import NonFiniteLoss, Stopped, train
 
     try:
         train(spec)
     except Stopped as stop:
         print(stop, file=sys.stderr)
         return Stopped.exit_code
+    except NonFiniteLoss:  # the trainer has printed `error: ...` with the step
+        return NonFiniteLoss.exit_code
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from datamix_trainer.launch import launch
+
+    return launch(args.torchrun_args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -54,12 +62,24 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser(
         "train",
-        help="train one run (the command every PyTorchJob pod runs under torchrun)",
+        help="train one run (one process; `datamix launch` starts one per GPU in every pod)",
         description="Train the run described by a run spec. Under torchrun, each process trains one "
         "data-parallel shard; without torchrun it trains alone.",
     )
     p.add_argument("--run-spec", help=f"the run spec JSON (default: ${RUN_SPEC_ENV})")
     p.set_defaults(func=cmd_train)
+
+    # prefix_chars="+": every argument, options included, goes to torchrun's own parser.
+    p = subparsers.add_parser(
+        "launch",
+        help="torchrun with honest exit codes (what every PyTorchJob pod runs)",
+        description="Takes torchrun's arguments (`datamix launch -h` shows them). Exit code: 128+n when a "
+        "rank died of signal n or the launcher was stopped by it, else the first failed rank's own code.",
+        add_help=False,
+        prefix_chars="+",
+    )
+    p.add_argument("torchrun_args", nargs=argparse.REMAINDER, metavar="TORCHRUN_ARGS")
+    p.set_defaults(func=cmd_launch)
 
     p = subparsers.add_parser(
         "run",

@@ -20,17 +20,36 @@ TIMEOUT = timedelta(minutes=int(os.environ.get("DATAMIX_DIST_TIMEOUT_MINUTES", "
 
 def pick_device(env: DistEnv) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-        return torch.device("cuda", env.local_rank)
+        # More processes than GPUs (a check on one GPU) share them round-robin.
+        index = env.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def backend_for(env: DistEnv, device: torch.device) -> str:
+    """gloo on CPU; on GPUs NCCL for CUDA tensors and gloo for the CPU ones (the step's counts and
+    losses, the evaluation sums): a plain "nccl" process group has no backend for CPU tensors.
+    NCCL refuses two ranks on one GPU, so processes that share a GPU use gloo for everything."""
+    if device.type != "cuda":
+        return "gloo"
+    if env.local_world_size > torch.cuda.device_count():
+        print(
+            f"{env.local_world_size} processes share {torch.cuda.device_count()} GPU(s): gloo for all collectives "
+            "(NCCL needs one GPU per process; slower, for checks only)",
+            flush=True,
+        )
+        return "gloo"
+    return "cpu:gloo,cuda:nccl"
 
 
 def init_process_group(env: DistEnv, device: torch.device) -> None:
     if dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend_for(env, device)
     if "MASTER_ADDR" in os.environ and "RANK" in os.environ:  # torchrun (or a hand-made equivalent)
-        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if device.type == "cuda" else None)
+        device_id = device if "nccl" in backend else None
+        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device_id)
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=TIMEOUT)
 
@@ -57,3 +76,9 @@ def broadcast_object(value: object) -> object:
         dist.broadcast_object_list(box, src=0)
         return box[0]
     return value
+
+
+def all_true(value: bool) -> bool:
+    """Whether `value` is True on every rank."""
+    flag = torch.tensor([0.0 if value else 1.0], dtype=torch.float64)
+    return bool(all_reduce_sum(flag).item() == 0)

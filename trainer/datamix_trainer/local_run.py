@@ -1,8 +1,8 @@
 """`datamix run`: the cluster's run on this machine.
 
 The manifest becomes a run spec exactly as the operator makes it (`build_run_spec`), with baseDir
-mapped to `--data-dir` and the output path to `--output-dir`; then torchrun starts `--nproc`
-trainer processes, as in a pod. This process draws a progress bar from the trainer's own metrics
+mapped to `--data-dir` and the output path to `--output-dir`; then `datamix launch` (torchrun)
+starts `--nproc` trainer processes, as in a pod. This process draws a progress bar from the trainer's own metrics
 endpoint (so the endpoint is exercised by every local run) and, at the end, prints the per-dataset
 report and writes the loss curve.
 """
@@ -216,8 +216,10 @@ def report(paths: RunPaths) -> int:
 
 
 def local_train_command(run_spec: Path, nproc: int) -> list[str]:
-    """`datamix train` on this machine: bare for one process, under torchrun for several."""
+    """`datamix train` on this machine: bare for one process, under `datamix launch` (torchrun with
+    honest exit codes, as in a pod) for several."""
     train = ["-m", "datamix_cli", "train", "--run-spec", str(run_spec)]
     if nproc == 1:
         return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *train]
+    launch = [sys.executable, "-m", "datamix_cli", "launch"]
+    return [*launch, "--standalone", f"--nproc-per-node={nproc}", *train]

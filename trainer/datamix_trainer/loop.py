@@ -17,6 +17,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -30,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from datamix.errors import UserError
-from datamix.runspec import TERMINATION_LOG_PATH, RunResult, RunSpec
+from datamix.runspec import NON_FINITE_LOSS_EXIT_CODE, TERMINATION_LOG_PATH, RunResult, RunSpec
 from datamix_trainer import distributed as dist
 from datamix_trainer.checkpoint import Checkpointer
 from datamix_trainer.config import DistEnv, Plan, RunPaths, TrainerSettings
@@ -70,6 +71,16 @@ class Stopped(Exception):
     """SIGTERM arrived (pod deleted or suspended): a checkpoint was saved at a step boundary."""
 
     exit_code = 143  # 128 + SIGTERM: not a success, so the PyTorchJob does not count it as done
+
+
+class NonFiniteLoss(Exception):
+    """The loss or the gradient norm of a step is NaN or infinite: the run cannot recover by itself.
+
+    Raised on every rank at the same step (both values are global), before the optimizer applies
+    the step, so that no non-finite weights are saved and the last good checkpoints stay.
+    """
+
+    exit_code = NON_FINITE_LOSS_EXIT_CODE
 
 
 @dataclass
@@ -113,10 +124,12 @@ def train(
                     return trainer.run()
             except Stopped:
                 raise
+            except NonFiniteLoss as err:
+                print(f"error: {err}", file=sys.stderr, flush=True)  # into stderr.log and the console
+                raise
             except BaseException:
                 # Into this process's stderr.log (the console gets it from the CLI or Python).
-                sys_err = __import__("sys").stderr
-                getattr(sys_err, "file", sys_err).write(traceback.format_exc())
+                getattr(sys.stderr, "file", sys.stderr).write(traceback.format_exc())
                 raise
             finally:
                 flush_all()
@@ -209,7 +222,13 @@ class Trainer:
         self.clip = clip if clip > 0 else math.inf
 
         self.checkpointer = Checkpointer(
-            paths.checkpoints, env.rank, env.world_size, dist.barrier, settings.keep_checkpoints
+            paths.checkpoints,
+            env.rank,
+            env.world_size,
+            dist.barrier,
+            settings.keep_checkpoints,
+            run=spec.run,
+            all_ok=dist.all_true,
         )
         self.checkpointer.remove_partial()
         self.resume()
@@ -241,11 +260,11 @@ class Trainer:
     # Checkpoints --------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        checkpoint = self.checkpointer.find_latest(self.log)
-        if checkpoint is None:
+        found = self.checkpointer.load_latest(self.device, self.log)
+        if found is None:
             self.log("no checkpoint: starting from step 0")
             return
-        state = self.checkpointer.load(checkpoint, self.device)
+        checkpoint, state = found
         saved = state["trainer"]
         if saved.get("run") != self.spec.run:
             raise UserError(
@@ -263,6 +282,14 @@ class Trainer:
 
     def save(self) -> None:
         t0 = time.perf_counter()
+        # Finite losses can still leave overflowed weights behind; such a checkpoint would replace
+        # (and prune) the good ones. DDP keeps the parameters identical, so every rank agrees.
+        bad = next((name for name, p in self.module.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise NonFiniteLoss(
+                f"non-finite weights ({bad}) after step {self.state.step}: not saved; lower "
+                "training.learningRate.peak (or raise warmupSamples) and start again"
+            )
 
         def state() -> dict[str, Any]:
             trainer = asdict(self.state)
@@ -312,12 +339,19 @@ class Trainer:
             loss_sum += masked.detach().double()
         loss_global = dist.all_reduce_sum(loss_sum.cpu().reshape(1))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        loss, norm = float(loss_global.item() / global_tokens), float(grad_norm)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            step = self.state.step + 1
+            raise NonFiniteLoss(
+                f"non-finite training at step {step}: loss {loss}, grad norm {norm}; no checkpoint saved after "
+                f"step {self.state.step}; lower training.learningRate.peak (or raise warmupSamples) and start again"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.built.after_step is not None:
             self.built.after_step(self.module)
         samples = [int(c) for c in counts[2:].tolist()]
-        return float(loss_global.item() / global_tokens), float(grad_norm), samples, counts[1].item() > 0
+        return loss, norm, samples, counts[1].item() > 0
 
     @torch.no_grad()
     def evaluate(self) -> list[float | None]:

@@ -1,4 +1,4 @@
-"""megatron-core's GPTModel behind the trainer's model interface (GPUs only; UNTESTED).
+"""megatron-core's GPTModel behind the trainer's model interface (GPUs only; UNTESTED on a GPU).
 
 No GPU was available while this was written: the configuration mapping (`transformer_config`) is
 checked by a CPU test, but building and training the model has not run. It needs CUDA because
@@ -11,7 +11,8 @@ Choices, and why:
 - Parameters stay fp32 and the forward runs under bf16 autocast (when the preset sets `bf16`),
   instead of megatron's Float16Module plus distributed optimizer: one optimizer path for both
   models, with fp32 master weights as megatron has.
-- Transformer Engine layers where TE is installed (faster, fused), megatron's local layers else.
+- Transformer Engine layers where TE is installed (faster, fused), megatron's local layers else;
+  MoE experts as `moe_experts` says (the start-up log line names the one used).
 - Vocabulary padded to a multiple of 128, as Megatron-LM's `--make-vocab-size-divisible-by` does.
 - MoE with expert bias (DeepSeek-V3's aux-loss-free balancing): the bias is updated after each
   optimizer step from the tokens routed in that step, as megatron's `finalize_model_grads` does.
@@ -62,7 +63,37 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def transformer_config(spec: RunSpec, use_te: bool) -> Any:
+def have_grouped_gemm() -> bool:
+    try:
+        import grouped_gemm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def moe_experts(settings: dict[str, Any], use_te: bool, grouped_gemm: bool) -> tuple[bool, str]:
+    """Whether megatron's grouped GEMM can serve `moeGroupedGemm`, and which experts module runs.
+
+    megatron-core has three: TEGroupedMLP (Transformer Engine), GroupedMLP (the `grouped_gemm`
+    package, a CUDA extension built from source) and SequentialMLP (one matmul per expert: the
+    same results, slower with many small experts). The trainer image has neither TE nor
+    grouped_gemm (docs/trainer.md says why), so `openseek-small` runs SequentialMLP there.
+    """
+    if not int(settings.get("numExperts", 0) or 0):
+        return False, ""
+    if not settings.get("moeGroupedGemm"):
+        return False, "SequentialMLP (moeGroupedGemm is off)"
+    if use_te:
+        return True, "TEGroupedMLP (Transformer Engine grouped GEMM)"
+    if grouped_gemm:
+        return True, "GroupedMLP (the grouped_gemm package)"
+    return False, (
+        "SequentialMLP, one matmul per expert: moeGroupedGemm asks for a grouped GEMM, but neither Transformer "
+        "Engine nor the grouped_gemm package is installed (same results, slower)"
+    )
+
+
+def transformer_config(spec: RunSpec, use_te: bool, grouped_gemm: bool = False) -> Any:
     """The preset's settings as megatron-core's (MLA)TransformerConfig."""
     from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
@@ -115,8 +146,8 @@ def transformer_config(spec: RunSpec, use_te: bool) -> Any:
                 else None,
                 "moe_router_num_groups": int(s["moeRouterNumGroups"]) if s.get("moeRouterNumGroups") else None,
                 "moe_router_group_topk": int(s["moeRouterGroupTopk"]) if s.get("moeRouterGroupTopk") else None,
-                # Grouped GEMM needs TE (or the grouped_gemm package); all-to-all needs expert parallelism.
-                "moe_grouped_gemm": bool(s.get("moeGroupedGemm", False)) and use_te,
+                # Grouped GEMM needs TE or the grouped_gemm package; all-to-all needs expert parallelism.
+                "moe_grouped_gemm": moe_experts(s, use_te, grouped_gemm)[0],
                 "moe_token_dispatcher_type": "allgather",
             }
         )
@@ -171,7 +202,9 @@ def build_megatron_gpt(spec: RunSpec, device: torch.device) -> BuiltModel:
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
     tensor_parallel.model_parallel_cuda_manual_seed(spec.training.seed)
     use_te = have_transformer_engine()
-    config = transformer_config(spec, use_te)
+    grouped_gemm = have_grouped_gemm()
+    config = transformer_config(spec, use_te, grouped_gemm)
+    experts = moe_experts(spec.model.settings, use_te, grouped_gemm)[1]
     s = spec.model.settings
     vocab = padded_vocab(spec.training.vocab_size)
     model = GPTModel(
@@ -204,6 +237,7 @@ def build_megatron_gpt(spec: RunSpec, device: torch.device) -> BuiltModel:
             f"megatron-core GPTModel ({'Transformer Engine' if use_te else 'local'} layers): preset "
             f"{spec.model.preset}, {config.num_layers} layers, hidden {config.hidden_size}, "
             f"{config.num_moe_experts or 0} experts, {n / 1e6:.1f}M parameters"
+            + (f"; MoE experts: {experts}" if experts else "")
         ),
         after_step=after_step,
         autocast_dtype=torch.bfloat16 if s.get("bf16") else None,
