@@ -215,7 +215,8 @@ def step_two_processes(args: argparse.Namespace, work: Path, data: Path) -> bool
         print(f"RESULT (c) {where}: FAILED (exit {code}, {len(losses)} steps)\n{tail(log)}")
         return False
     tokens, _ = throughput(snapshots)
-    backend = "gloo (shared GPU)" if "GPU(s): gloo for all collectives" in log.read_text() else ("gloo" if args.cpu else "NCCL")
+    shared = "GPU(s): gloo for all collectives" in log.read_text()
+    backend = "gloo (shared GPU)" if shared else ("gloo" if args.cpu else "NCCL")
     print(
         f"RESULT (c) {where}, {backend}: {len(losses)} steps, loss {losses[1]:.3f} -> "
         f"{losses[max(losses)]:.3f}, {tokens:,.0f} tokens/s"
