@@ -203,6 +203,12 @@ def train_samples_of(training: Mapping[str, Any]) -> int:
     raise UserError("spec.training: set exactly one of trainSamples, trainTokens or trainSteps")
 
 
+def run_output_dir(output: str, namespace: str, experiment: str, rid: str) -> str:
+    """`<output>/<namespace>/<experiment>/<run>`: experiments of different namespaces that share an
+    output volume never share a run directory (nor resume from each other's checkpoints)."""
+    return posixpath.join(output, namespace, experiment, rid)
+
+
 def _run_spec(
     manifest: Mapping[str, Any],
     rid: str,
@@ -290,7 +296,7 @@ def _run_spec(
             vocab_size=vocab_size,
             eod_token=int(tokenizer.get("eodToken", vocab_size - 1)),
         ),
-        output_dir=posixpath.join(output, meta["name"], rid),
+        output_dir=run_output_dir(output, namespace, meta["name"], rid),
         nodes=node_count,
         procs_per_node=procs,
         accelerator_peak_flops=float(gpu["peakTFLOPS"]) * 1e12 if "peakTFLOPS" in gpu else None,

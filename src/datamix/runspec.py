@@ -99,7 +99,7 @@ class RunSpec:
     datasets: tuple[DatasetSpec, ...]
     model: ModelSpec
     training: TrainingSpec
-    output_dir: str  # <output.path>/<experiment>/<run>
+    output_dir: str  # <output.path>/<namespace>/<experiment>/<run>
     nodes: int
     procs_per_node: int
     accelerator_peak_flops: float | None = None  # per device, for MFU

@@ -457,7 +457,7 @@ SPEC = obj(
             "x-kubernetes-list-map-keys": ["name"],
         },
         "output": obj(
-            "Where checkpoints, logs and results go: <path>/<experiment>/<run>/.",
+            "Where checkpoints, logs and results go: <path>/<namespace>/<experiment>/<run>/.",
             {
                 "volume": volume_source("the output directory"),
                 "path": mount_path("Mount path of the output volume. Default /output."),

@@ -35,7 +35,7 @@ def test_bad_weights_are_refused(weights: list[float]) -> None:
 def test_run_spec_round_trips() -> None:
     spec = build_run_spec(valid_manifest())
     assert RunSpec.from_json(spec.to_json()) == spec
-    assert spec.output_dir == f"/output/mix-a/{spec.run}"
+    assert spec.output_dir == f"/output/default/mix-a/{spec.run}"  # namespace, experiment, run
     assert spec.datasets[0].path == "/data/web/part_0_text_document"
     assert spec.datasets[0].validation_path == "/data/web/valid_text_document"
 

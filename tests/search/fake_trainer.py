@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from datamix.experiment import run_id
+from datamix.experiment import DEFAULT_NAMESPACE, run_id, run_output_dir
 from tests.search.laws import MixingLaw
 
 LAW_SEED = 11
@@ -44,7 +44,8 @@ def main() -> int:
     weights = np.array([float(d["weight"]) for d in manifest["spec"]["datasets"]["mixture"]])
     shares = weights / weights.sum()
     losses = law(len(shares)).losses(shares)[0]
-    run_dir = Path(output) / name / run_id(manifest)
+    namespace = manifest["metadata"].get("namespace") or DEFAULT_NAMESPACE
+    run_dir = Path(run_output_dir(output, namespace, name, run_id(manifest)))
     run_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "run": run_id(manifest),

@@ -59,7 +59,7 @@ def test_run_trains_the_manifest_and_reports_shares_losses_and_a_loss_curve(demo
         "1",
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = next((tmp_path / "out" / "quickstart").iterdir())
+    out = next((tmp_path / "out" / "default" / "quickstart").iterdir())  # <output>/<namespace>/<experiment>/<run>
     doc = json.loads((out / "results.json").read_text())
     assert doc["steps"] == 10
     png = (out / "loss_curve.png").read_bytes()

@@ -171,7 +171,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a run's files go, all under the run spec's output_dir (`<output>/<experiment>/<run>`)."""
+    """Where a run's files go, all under the run spec's output_dir (`<output>/<namespace>/<experiment>/<run>`)."""
 
     root: Path
 

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from datamix.errors import UserError
-from datamix.experiment import run_id
+from datamix.experiment import DEFAULT_NAMESPACE, run_id, run_output_dir
 from datamix.search.fit import FitResult
 from datamix.search.simplex import uniform
 from datamix.search.sweep import Sweep, load_sweep
@@ -135,7 +135,8 @@ def experiment_outcome(
     name = manifest["metadata"]["name"]
     manifest_path = home / "manifests" / f"{name}.yaml"
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    run_dir = root / name / run_id(manifest)
+    namespace = manifest["metadata"].get("namespace") or DEFAULT_NAMESPACE  # as `datamix run` maps it
+    run_dir = Path(run_output_dir(str(root), namespace, name, run_id(manifest)))
     return TrialOutcome(
         name=name,
         index=index,
