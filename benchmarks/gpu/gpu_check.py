@@ -47,13 +47,15 @@ def demo_data(directory: Path, small: bool) -> Path:
     return directory
 
 
-def run_spec(data: Path, out: Path, preset: str, steps: int, nproc: int, **training: Any) -> Path:
-    """The quickstart manifest with another preset and length, as `datamix run` would map it."""
+def run_spec(data: Path, out: Path, preset: str, steps: int, nproc: int, gpus: int = 0, **training: Any) -> Path:
+    """The quickstart manifest with another preset and length, as `datamix run` would map it
+    (`gpus`: resources.gpusPerNode; GPU-only presets such as openseek-small need it)."""
     from datamix.experiment import build_run_spec, load_manifest
 
     manifest = load_manifest(REPO / "examples" / "quickstart.yaml")
     manifest["metadata"]["name"] = f"gpu-check-{preset}-{nproc}p"
     manifest["spec"]["model"] = {"preset": preset, "overrides": training.pop("overrides", {})}
+    manifest["spec"]["resources"]["gpusPerNode"] = gpus
     t = manifest["spec"]["training"]
     t.pop("trainSamples", None)
     t.update({"trainSteps": steps, "checkpointInterval": steps, "evalInterval": steps, "logInterval": 10})
@@ -142,7 +144,7 @@ def step_train(args: argparse.Namespace, work: Path, data: Path) -> bool:
             "learningRate": {"peak": 1e-3, "min": 1e-4, "warmupSamples": 160, "decay": "cosine"},
         }
     )
-    spec = run_spec(data, work / "a", preset, args.steps, 1, **extra)
+    spec = run_spec(data, work / "a", preset, args.steps, 1, gpus=0 if args.cpu else 1, **extra)
     log = work / "a.log"
     started = time.time()
     code, snapshots, losses = train(spec, 1, log)
@@ -166,7 +168,7 @@ def step_parity(args: argparse.Namespace, work: Path, data: Path) -> bool:
     fp32 = {"overrides": {"bf16": False}}
     results: dict[str, dict[int, float]] = {}
     for device in ("cpu",) if args.cpu else ("cpu", "cuda"):
-        spec = run_spec(data, work / f"b-{device}", "tiny", 20, 1, **fp32)
+        spec = run_spec(data, work / f"b-{device}", "tiny", 20, 1, gpus=int(device == "cuda"), **fp32)
         env = {"DATAMIX_MODEL": "torch", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -208,7 +210,7 @@ def step_two_processes(args: argparse.Namespace, work: Path, data: Path) -> bool
             print(f"RESULT (c) skipped: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; 2 processes want 8 GiB")
             return True
         where = f"2 processes on one GPU ({free / 2**30:.0f} GiB free)"
-    spec = run_spec(data, work / "c", "tiny", args.two_process_steps, 2)
+    spec = run_spec(data, work / "c", "tiny", args.two_process_steps, 2, gpus=0 if args.cpu else 1)
     log = work / "c.log"
     code, snapshots, losses = train(spec, 2, log, **env)
     if code != 0 or len(losses) != args.two_process_steps:
