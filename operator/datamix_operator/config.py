@@ -27,7 +27,7 @@ class OperatorConfig:
     crd_retry_seconds: float = 30.0
     """Retry interval while the PyTorchJob CRD is missing."""
     workers: int = 16
-    """Threads running reconciliations (kopf's sync-handler executor)."""
+    """Threads running reconciliations (the controller's workers; one experiment at a time each)."""
     job_api: JobApi = field(default_factory=JobApi)
     """Where PyTorchJobs are served."""
     progress_interval: float = 30.0

@@ -1,4 +1,5 @@
-"""The kopf wiring: every handler is one call into `Reconciler` (reconcile.py).
+"""The kopf wiring: every handler is one call into the `Controller` (controller.py), which queues
+the experiment for the `Reconciler` (reconcile.py).
 
 Triggers, all level-based (the reconciler reads the world afresh each time):
 - any event of a DataMixtureExperiment (kopf lists them all at start-up: the "resume");
@@ -39,10 +40,11 @@ from datamix.names import (
 )
 from datamix.sweep_schema import SWEEP_PLURAL
 from datamix_operator.config import OperatorConfig
+from datamix_operator.controller import Controller, EventPoster
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
 from datamix_operator.metrics import Metrics, serve
 from datamix_operator.progress import ProgressTracker
-from datamix_operator.reconcile import EventPoster, Reconciler
+from datamix_operator.reconcile import Reconciler
 from datamix_operator.sweep.fit import Fitter
 from datamix_operator.sweep.kube import SweepClient
 from datamix_operator.sweep.reconcile import SweepReconciler
@@ -90,7 +92,7 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 
 def build_registry(
-    config: OperatorConfig, reconciler: Reconciler, kube: ClientKube, progress: ProgressTracker | None = None,
+    config: OperatorConfig, controller: Controller, kube: ClientKube, progress: ProgressTracker | None = None,
     sweeps: SweepReconciler | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
@@ -103,10 +105,11 @@ def build_registry(
 
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(memo: kopf.Memo, **_: Any) -> None:
-        memo["resync"] = asyncio.create_task(resync_loop(config, reconciler, kube, sweeps), name="datamix resync")
+        memo["resync"] = asyncio.create_task(resync_loop(config, controller, kube, sweeps), name="datamix resync")
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        controller.stop()
         task = memo.get("resync")
         if task is not None:
             task.cancel()
@@ -117,7 +120,7 @@ def build_registry(
     def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None:
             return
-        reconciler.on_experiment(
+        controller.on_experiment(
             namespace, name, body.metadata.get("resourceVersion"), deleted=(type == "DELETED"), body=body
         )
 
@@ -125,7 +128,7 @@ def build_registry(
     def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is None:
             return
-        reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED"))
+        controller.on_job(namespace, dict(body), deleted=(type == "DELETED"))
 
     if sweeps is not None:
         sweep_handlers(registry, sweeps)
@@ -140,7 +143,7 @@ def build_registry(
     def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
         if experiment and namespace:
-            reconciler.reconcile(namespace, experiment)
+            controller.enqueue(namespace, experiment)
 
     if progress is not None:
 
@@ -170,7 +173,7 @@ def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepReconciler) -> 
             sweeps.on_experiment(namespace, dict(body.metadata.labels))
 
 
-async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: ClientKube,
+async def resync_loop(config: OperatorConfig, controller: Controller, kube: ClientKube,
                       sweeps: SweepReconciler | None = None) -> None:
     """Reconcile every experiment and sweep every `resync_seconds`, whatever the watches delivered."""
     loop = asyncio.get_running_loop()
@@ -185,7 +188,7 @@ async def resync_loop(config: OperatorConfig, reconciler: Reconciler, kube: Clie
                     continue
                 for item in items:
                     meta = item.get("metadata") or {}
-                    await loop.run_in_executor(pool, reconciler.reconcile, meta["namespace"], meta["name"], True)
+                    controller.enqueue(meta["namespace"], meta["name"], full=True)
                 if sweeps is None:
                     continue
                 try:
@@ -224,14 +227,16 @@ def run(config: OperatorConfig) -> None:
         instance=os.environ.get("POD_NAME") or socket.gethostname(),
         progress=progress,
     )
+    controller = Controller(reconciler, workers=config.workers)
+    controller.start()
     if progress is not None:
-        progress.on_change = lambda namespace, name: reconciler.schedule(namespace, name, 0.0)
+        progress.on_change = lambda namespace, name: controller.enqueue(namespace, name)
         progress.start()
     if config.metrics_port:
         serve(config.metrics_port, config.bind_address)
     sweeps = SweepReconciler(SweepClient(kube), Fitter(), post_event=reconciler.post_event,
                              instance=reconciler.instance)
-    registry = build_registry(config, reconciler, kube, progress, sweeps)
+    registry = build_registry(config, controller, kube, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,
              config.job_api.api_version)

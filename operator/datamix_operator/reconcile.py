@@ -1,19 +1,20 @@
-"""One level-based reconciliation of one DataMixtureExperiment (no kopf here).
+"""One level-based reconciliation of one DataMixtureExperiment (no kopf, no threads here).
 
-Every trigger (the experiment changed, its PyTorchJob or master pod changed, the slow resync,
-a retry) calls `Reconciler.reconcile(namespace, name)`, which reads the world afresh and moves
-it one step towards the spec:
+`Reconciler.reconcile(namespace, name)` reads the world afresh and moves it one step towards the
+spec; it is the state machine of docs/operator.md, one method per step:
 
-1. render the current run's ConfigMap and PyTorchJob (deterministic names: `<name>-<run id>`);
-   invalid input only the operator can see -> Stalled/InvalidSpec;
-2. list the experiment's jobs (a missing PyTorchJob CRD -> Stalled/PyTorchJobCRDMissing, retried);
+1. plan the current run (`plan_run`: id, child names, run spec) and render its children, once per
+   generation; input only the operator can check -> Stalled/InvalidSpec;
+2. find the experiment's jobs (a missing PyTorchJob CRD -> Stalled/PyTorchJobCRDMissing, retried);
 3. create-or-get the ConfigMap and the job (409 AlreadyExists is success once the owner UID
    matches), then apply a change of spec.suspend;
 4. observe the job (and, once it finished, its master pod's termination message);
 5. write the status if and only if it differs, post Events for the transitions;
 6. retire jobs of earlier runs: their state is in status.previousRuns by now, so delete them.
 
-Calls are serialised per experiment (a lock), so concurrent triggers cannot interleave.
+What triggers a reconciliation, and that one experiment is never reconciled twice at once, is the
+controller's business (controller.py, on a work queue); `on_experiment` and `on_job` only decide
+whether an event asks for one.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import datetime
 import json
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datamix.errors import UserError
@@ -119,6 +118,46 @@ class PlannedRun:
     job: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Request:
+    """A trigger's ask to reconcile one experiment."""
+
+    namespace: str
+    name: str
+    full: bool = False  # also look for jobs of earlier runs (a job not of the current run, the resync)
+    body: dict[str, Any] | None = None  # a just-created experiment's body (saves the GET)
+
+
+@dataclass
+class Pass:
+    """What one reconciliation of one experiment has found so far."""
+
+    namespace: str
+    name: str
+    exp: dict[str, Any]
+    full: bool
+    stall: Stall | None = None
+    retry: float | None = None  # the delay of a retry the situation asks for
+    planned: PlannedRun | None = None  # the current run (None: the spec is invalid)
+    run: RunInfo | None = None  # the run the status follows: the planned one, else the last valid one
+    jobs: dict[str, dict[str, Any]] | None = None  # the experiment's jobs by name (None: cannot tell)
+    live: dict[str, Any] | None = None  # the followed run's job
+    state: RunState | None = None
+    stale: list[dict[str, Any]] = field(default_factory=list)  # jobs of earlier runs
+
+    @property
+    def uid(self) -> str:
+        return str(self.exp["metadata"]["uid"])
+
+    @property
+    def old_status(self) -> dict[str, Any]:
+        return self.exp.get("status") or {}
+
+    @property
+    def old_run(self) -> dict[str, Any]:
+        return self.old_status.get("run") or {}
+
+
 class Reconciler:
     def __init__(
         self,
@@ -128,8 +167,6 @@ class Reconciler:
         metrics: Metrics | None = None,
         clock: Callable[[], str] = utcnow,
         crd_retry_seconds: float = 30.0,
-        error_retry_seconds: float = 2.0,
-        schedule: Callable[[str, str, float], None] | None = None,
         instance: str = "datamix-operator",
         post_event: Callable[[str, dict[str, Any]], None] | None = None,
         progress: ProgressTracker | None = None,
@@ -139,23 +176,19 @@ class Reconciler:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.crd_retry_seconds = crd_retry_seconds
-        self.error_retry_seconds = error_retry_seconds
-        self.schedule = schedule or self._schedule_with_timer
         self.instance = instance
         self.post_event = post_event or self._post_event_now
         self.progress = progress
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._failures: dict[tuple[str, str], int] = {}
-        self._pending: set[tuple[str, str]] = set()
+        # What this process remembers of each experiment; all of it is dropped by `forget`.
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion our last status patch produced
-        self._job_seen: dict[tuple[str, str], str] = {}
-        self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
         self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
         self._planned: dict[tuple[str, str], PlannedRun] = {}
+        # ... and of each job.
+        self._job_seen: dict[tuple[str, str], str] = {}
+        self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
 
     # ------------------------------------------------------------------------------------------
-    # triggers
+    # which events ask for a reconciliation
 
     def on_experiment(
         self,
@@ -164,27 +197,27 @@ class Reconciler:
         resource_version: str | None,
         deleted: bool = False,
         body: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> Request | None:
         key = (namespace, name)
         if deleted:
             self.forget(namespace, name)
-            return
+            return None
         if resource_version and self._written.get(key) == resource_version:
-            return  # the echo of our own status write
+            return None  # the echo of our own status write
         # A new experiment (no status, never written by us): the event's body is as fresh as a
         # GET would be, and saves a round trip on the way to its job.
         fresh = body is not None and not body.get("status") and key not in self._written
-        self.reconcile(namespace, name, new=copy.deepcopy(dict(body)) if fresh and body is not None else None)
+        return Request(namespace, name, body=copy.deepcopy(dict(body)) if fresh and body is not None else None)
 
-    def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> None:
+    def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> Request | None:
         meta = job.get("metadata") or {}
         experiment = (meta.get("labels") or {}).get(LABEL_EXPERIMENT)
         if not experiment:
-            return
+            return None
         key = (namespace, meta.get("name", ""))
         seen = json.dumps([job.get("status"), meta.get("deletionTimestamp"), deleted], sort_keys=True)
         if not deleted and self._job_seen.get(key) == seen:
-            return  # e.g. our own annotation patch: nothing the status depends on changed
+            return None  # e.g. our own annotation patch: nothing the status depends on changed
         if deleted:
             self._job_seen.pop(key, None)
             self._masters.pop(meta.get("uid", ""), None)
@@ -193,160 +226,125 @@ class Reconciler:
         planned = self._planned.get((namespace, experiment))
         current_job = planned.plan.name if planned is not None else None
         # a job that is not the current run's: look for all of them (retire what is stale)
-        self.reconcile(namespace, experiment, full=not deleted and meta.get("name") != current_job)
+        return Request(namespace, experiment, full=not deleted and meta.get("name") != current_job)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._written.pop(key, None)
         self._listed.discard(key)
         self._planned.pop(key, None)
-        self._failures.pop(key, None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
-        with self._locks_guard:
-            lock = self._locks.get(key)
-            if lock is not None and not lock.locked():
-                del self._locks[key]
         self.metrics.observe_phase(namespace, name, None)
-
-    def _lock(self, key: tuple[str, str]) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def _schedule_with_timer(self, namespace: str, name: str, delay: float) -> None:
-        key = (namespace, name)
-        with self._locks_guard:
-            if key in self._pending:
-                return
-            self._pending.add(key)
-
-        def fire() -> None:
-            with self._locks_guard:
-                self._pending.discard(key)
-            self.reconcile(namespace, name)
-
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        timer.start()
 
     # ------------------------------------------------------------------------------------------
     # the reconciliation
 
     def reconcile(
         self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
-    ) -> None:
-        """Reconcile one experiment; `full` also looks for jobs of earlier runs (the resync);
-        `new`: the body of a just-created experiment (instead of a GET)."""
-        key = (namespace, name)
-        with self._lock(key):
-            started = time.monotonic()
-            try:
-                retry = self._reconcile(namespace, name, full, new if key not in self._written else None)
-                self._failures.pop(key, None)
-            except Exception as err:
-                self.metrics.reconcile_errors.inc()
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                retry = min(self.error_retry_seconds * 2 ** (failures - 1), 120.0)
-                if isinstance(err, KubeError | Conflict):
-                    log.warning("reconciling %s/%s failed (retry in %.0fs): %s", namespace, name, retry, err)
-                else:
-                    log.exception("reconciling %s/%s failed (retry in %.0fs)", namespace, name, retry)
-            finally:
-                self.metrics.reconcile_duration.observe(time.monotonic() - started)
-        if retry is not None:
-            self.schedule(namespace, name, retry)
-
-    def _reconcile(
-        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
     ) -> float | None:
-        """One step; returns the delay of a retry the situation asks for (None: none)."""
-        kube = self.kube
-        exp = new if new is not None else kube.get_experiment(namespace, name)
-        if exp is None:
-            self.forget(namespace, name)
-            return None
-        meta = exp["metadata"]
-        if meta.get("deletionTimestamp"):
-            return None  # the garbage collector removes the children (owner references)
-        uid = meta["uid"]
-        old_status: dict[str, Any] = exp.get("status") or {}
-        stall: Stall | None = None
-        retry: float | None = None
-
-        # 1. the current run as the spec defines it
-        run: RunInfo | None = None
-        planned: PlannedRun | None = None
+        """Reconcile one experiment; returns the delay of a retry the situation asks for (None:
+        none); an error propagates (the controller retries with backoff). `full` also looks for jobs
+        of earlier runs; `new`: the body of a just-created experiment (instead of a GET)."""
+        started = time.monotonic()
         try:
-            planned = self._plan(namespace, exp)
-            run = RunInfo.of(planned.plan)
-        except (UserError, RunSpecError) as err:
-            stall = Stall(Reason.INVALID_SPEC, str(err))
-        valid = run is not None
+            exp = new if new is not None and (namespace, name) not in self._written else None
+            exp = exp if exp is not None else self.kube.get_experiment(namespace, name)
+            if exp is None:
+                self.forget(namespace, name)
+                return None
+            if exp["metadata"].get("deletionTimestamp"):
+                return None  # the garbage collector removes the children (owner references)
+            p = Pass(namespace, name, exp, full)
+            self._plan_current_run(p)  # 1
+            self._find_jobs(p)  # 2
+            self._ensure_children(p)  # 3
+            self._observe_run(p)  # 4
+            self._write_status(p)  # 5
+            self._retire_earlier_runs(p)  # 6
+            return p.retry
+        finally:
+            self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
-        # 2. the jobs that exist (ours: labelled and owned by this experiment). Listing them all
-        # finds jobs of earlier runs; it is needed only when the run changed, after a restart of
-        # the operator, and in the resync. Otherwise a GET of the current run's job is enough
-        # (a LIST makes the API server filter every job of the namespace).
-        recorded_run = (old_status.get("run") or {}).get("id")
+    def _plan_current_run(self, p: Pass) -> None:
+        """1. The current run as the spec defines it."""
+        try:
+            p.planned = self._plan(p.namespace, p.exp)
+            p.run = RunInfo.of(p.planned.plan)
+        except (UserError, RunSpecError) as err:
+            p.stall = Stall(Reason.INVALID_SPEC, str(err))
+
+    def _find_jobs(self, p: Pass) -> None:
+        """2. The jobs that exist (ours: labelled and owned by this experiment). Listing them all
+        finds jobs of earlier runs; it is needed only when the run changed, after a restart of the
+        operator, and in the resync. Otherwise a GET of the current run's job is enough (a LIST
+        makes the API server filter every job of the namespace)."""
+        key = (p.namespace, p.name)
+        recorded_run = p.old_run.get("id")
         must_list = (
-            full
-            or run is None
-            or (recorded_run is not None and recorded_run != run.id)
-            or (bool(old_status) and (namespace, name) not in self._listed)
+            p.full
+            or p.run is None
+            or (recorded_run is not None and recorded_run != p.run.id)
+            or (bool(p.old_status) and key not in self._listed)
         )
-        if not old_status:
-            self._listed.add((namespace, name))  # a new experiment: no earlier runs to look for
-        jobs: dict[str, dict[str, Any]] | None
+        if not p.old_status:
+            self._listed.add(key)  # a new experiment: no earlier runs to look for
         try:
             if must_list:
-                jobs = {
+                p.jobs = {
                     j["metadata"]["name"]: j
-                    for j in kube.list_jobs(namespace, experiment_selector(name))
-                    if owned_by(j, uid)
+                    for j in self.kube.list_jobs(p.namespace, experiment_selector(p.name))
+                    if owned_by(j, p.uid)
                 }
-                self._listed.add((namespace, name))
-            elif not old_status:
-                jobs = {}  # a new experiment: create right away (409 AlreadyExists -> adopt)
+                self._listed.add(key)
+            elif not p.old_status:
+                p.jobs = {}  # a new experiment: create right away (409 AlreadyExists -> adopt)
             else:
-                assert run is not None
-                current = kube.get_job(namespace, run.job)
-                jobs = {run.job: current} if current is not None and owned_by(current, uid) else {}
+                assert p.run is not None
+                current = self.kube.get_job(p.namespace, p.run.job)
+                p.jobs = {p.run.job: current} if current is not None and owned_by(current, p.uid) else {}
         except ResourceMissing as err:
-            jobs = None
-            stall = stall or crd_missing(err)
-            retry = self.crd_retry_seconds
-        if not valid and old_status.get("run"):
-            run = self._recorded_run(namespace, name, old_status["run"])  # keep following the last valid run
+            p.jobs = None
+            p.stall = p.stall or crd_missing(err)
+            p.retry = self.crd_retry_seconds
+        if p.planned is None and p.old_run:
+            p.run = self._recorded_run(p.namespace, p.name, p.old_run)  # keep following the last valid run
 
-        # 3. create-or-get the current run's children, apply spec.suspend
-        live: dict[str, Any] | None = None
-        if jobs is not None and run is not None:
-            live = jobs.get(run.job)
-            if live is None and planned is not None:
-                try:
-                    live = self._create_children(namespace, exp, planned)
-                except ResourceMissing as err:
-                    stall = crd_missing(err)
-                    retry = self.crd_retry_seconds
-                except Conflict as err:
-                    stall = Stall(Reason.CHILD_CONFLICT, str(err))
-                    retry = 10.0
-            if live is not None and planned is not None:
-                live = self._apply_suspend(namespace, planned.plan, live)
+    def _ensure_children(self, p: Pass) -> None:
+        """3. Create-or-get the current run's children, apply spec.suspend."""
+        if p.jobs is None or p.run is None:
+            return
+        p.live = p.jobs.get(p.run.job)
+        if p.planned is None:
+            return
+        if p.live is None:
+            try:
+                p.live = self._create_children(p.namespace, p.exp, p.planned)
+            except ResourceMissing as err:
+                p.stall = crd_missing(err)
+                p.retry = self.crd_retry_seconds
+            except Conflict as err:
+                p.stall = Stall(Reason.CHILD_CONFLICT, str(err))
+                p.retry = 10.0
+        if p.live is not None:
+            p.live = self._apply_suspend(p.namespace, p.planned.plan, p.live)
 
-        # 4. observe
-        state = self._observe(namespace, live) if live is not None else None
+    def _observe_run(self, p: Pass) -> None:
+        """4. The followed run's state, and the jobs of earlier runs."""
+        p.state = self._observe(p.namespace, p.live) if p.live is not None else None
+        if p.jobs is not None and p.planned is not None:
+            p.stale = [j for n, j in p.jobs.items() if p.run is None or n != p.run.job]
+
+    def _write_status(self, p: Pass) -> None:
+        """5. The status, written only when it changed; Events for its transitions."""
+        run, state, old_status, old_run = p.run, p.state, p.old_status, p.old_run
         carried = None
-        if state is not None and state.result is None and state.phase in TERMINAL_PHASES:
-            recorded = old_status.get("run") or {}
-            if run is not None and recorded.get("id") == run.id and old_status.get("result"):
-                carried = old_status  # the master pod is gone; keep what was read from it
-        stale = [] if jobs is None or not valid else [j for n, j in jobs.items() if run is None or n != run.job]
-        retired = [self._retired_summary(namespace, j) for j in _newest_first(stale)]
-        old_run = old_status.get("run") or {}
+        finished_unread = state is not None and state.result is None and state.phase in TERMINAL_PHASES
+        if finished_unread and run is not None and old_run.get("id") == run.id and old_status.get("result"):
+            carried = old_status  # the master pod is gone; keep what was read from it
+        retired = [self._retired_summary(p.namespace, j) for j in _newest_first(p.stale)]
         if (
-            valid
+            p.planned is not None
             and run is not None
             and old_run.get("id")
             and old_run["id"] != run.id
@@ -354,41 +352,39 @@ class Reconciler:
         ):
             retired.append(_as_retired(old_run))  # its job is gone already: record it as last seen
         previous = merge_previous_runs(old_status.get("previousRuns") or [], retired)
-        queue = queue_name(exp)
         recorded = old_status.get("progress") if run is not None and old_run.get("id") == run.id else None
-        view = self._progress(namespace, exp, run, state, live, recorded)
+        view = self._progress(p.namespace, p.exp, run, state, p.live, recorded)
         obs = Observation(
-            run=run, state=state, stall=stall, previous_runs=previous, queue=queue, progress=view,
+            run=run, state=state, stall=p.stall, previous_runs=previous, queue=queue_name(p.exp), progress=view,
             recorded_progress=recorded,
         )
-
-        # 5. write the status only when it changed
-        new_status = desired_status(exp, obs, self.clock())
+        new_status = desired_status(p.exp, obs, self.clock())
         if carried is not None:
-            for field in ("result", "loss", "progress"):
-                if field in carried:
-                    new_status[field] = carried[field]
+            for field_name in ("result", "loss", "progress"):
+                if field_name in carried:
+                    new_status[field_name] = carried[field_name]
         if not same(old_status, new_status):
-            written = kube.patch_experiment_status(namespace, name, {"status": merge_patch(old_status, new_status)})
-            self._written[(namespace, name)] = (written.get("metadata") or {}).get("resourceVersion", "")
+            patch = {"status": merge_patch(old_status, new_status)}
+            written = self.kube.patch_experiment_status(p.namespace, p.name, patch)
+            self._written[(p.namespace, p.name)] = (written.get("metadata") or {}).get("resourceVersion", "")
             crash_point("status-written")
-            self._count_and_announce(exp, old_status, new_status)
-        self.metrics.observe_phase(namespace, name, new_status["phase"])
+            self._count_and_announce(p.exp, old_status, new_status)
+        self.metrics.observe_phase(p.namespace, p.name, new_status["phase"])
 
-        # 6. retire earlier runs (recorded in status.previousRuns above)
-        if stale:
+    def _retire_earlier_runs(self, p: Pass) -> None:
+        """6. Delete the jobs (and ConfigMaps) of earlier runs, recorded in status.previousRuns."""
+        if p.stale:
             crash_point("run-recorded")
-            for job in stale:
+            for job in p.stale:
                 job_name = job["metadata"]["name"]
-                kube.delete_job(namespace, job_name)
-                kube.delete_configmap(namespace, job_name)
-                self._event(exp, "Normal", Reason.RUN_RETIRED, f"Deleted PyTorchJob {job_name} of an earlier run")
-        if valid and run is not None and (stale or old_run.get("id") != run.id):
-            for cm in kube.list_configmaps(namespace, experiment_selector(name)):
+                self.kube.delete_job(p.namespace, job_name)
+                self.kube.delete_configmap(p.namespace, job_name)
+                self._event(p.exp, "Normal", Reason.RUN_RETIRED, f"Deleted PyTorchJob {job_name} of an earlier run")
+        if p.planned is not None and p.run is not None and (p.stale or p.old_run.get("id") != p.run.id):
+            for cm in self.kube.list_configmaps(p.namespace, experiment_selector(p.name)):
                 cm_name = cm["metadata"]["name"]
-                if cm_name != run.config_map and owned_by(cm, uid):
-                    kube.delete_configmap(namespace, cm_name)
-        return retry
+                if cm_name != p.run.config_map and owned_by(cm, p.uid):
+                    self.kube.delete_configmap(p.namespace, cm_name)
 
     # ------------------------------------------------------------------------------------------
     # steps
@@ -566,30 +562,6 @@ class Reconciler:
             self.kube.create_event(namespace, body)
         except KubeError as err:  # events are auxiliary; conditions carry the same information
             log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
-
-
-class EventPoster:
-    """Posts Events from a background thread, so that reconciliations do not wait for them."""
-
-    def __init__(self, kube: KubeApi, max_queue: int = 10000) -> None:
-        self.kube = kube
-        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(max_queue)
-        self.thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
-        self.thread.start()
-
-    def post(self, namespace: str, body: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait((namespace, body))
-        except queue.Full:
-            log.warning("event queue full: dropped event %s", body.get("reason"))
-
-    def _run(self) -> None:
-        while True:
-            namespace, body = self.queue.get()
-            try:
-                self.kube.create_event(namespace, body)
-            except KubeError as err:
-                log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
 
 
 def _newest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

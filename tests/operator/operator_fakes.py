@@ -6,7 +6,10 @@ import copy
 import itertools
 from typing import Any
 
+from datamix_operator.controller import Controller
 from datamix_operator.kube import AlreadyExists, JobApi, KubeError, NotFound, ResourceMissing
+from datamix_operator.reconcile import Reconciler
+from datamix_operator.workqueue import ExponentialBackoff, WorkQueue
 
 from datamix.runspec import RunResult
 
@@ -230,3 +233,47 @@ def _merge(target: Any, patch: Any) -> Any:
 
 
 __all__ = ["BrokenKube", "FakeKube", "NotFound", "manifest", "result_message"]
+
+
+class RecordingQueue(WorkQueue[tuple[str, str]]):
+    """The real work queue on a clock that stands still (a delayed key never falls due by itself),
+    recording every delay it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(ExponentialBackoff(), clock=lambda: 0.0)
+        self.scheduled: list[tuple[str, str, float]] = []
+
+    def add_after(self, key: tuple[str, str], delay: float) -> None:
+        self.scheduled.append((key[0], key[1], delay))
+        super().add_after(key, delay)
+
+
+class Driven:
+    """The real Controller and Reconciler, driven from the test's thread: each call queues what the
+    operator's handlers would and processes the queue until it is empty before returning."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.queue = RecordingQueue()
+        self.controller = Controller(reconciler, workers=0, queue=self.queue)
+
+    @property
+    def metrics(self) -> Any:
+        return self.reconciler.metrics
+
+    def drain(self) -> None:
+        while self.controller.process_next(timeout=0):
+            pass
+
+    def reconcile(self, namespace: str, name: str, full: bool = False) -> None:
+        self.controller.enqueue(namespace, name, full=full)
+        self.drain()
+
+    def on_experiment(self, namespace: str, name: str, resource_version: str | None, deleted: bool = False,
+                      body: dict[str, Any] | None = None) -> None:
+        self.controller.on_experiment(namespace, name, resource_version, deleted=deleted, body=body)
+        self.drain()
+
+    def on_job(self, namespace: str, job: dict[str, Any], deleted: bool = False) -> None:
+        self.controller.on_job(namespace, job, deleted=deleted)
+        self.drain()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from datamix_operator.metrics import Metrics
 from datamix_operator.reconcile import Reconciler
-from operator_fakes import BrokenKube, FakeKube, manifest, result_message
+from operator_fakes import BrokenKube, Driven, FakeKube, manifest, result_message
 from prometheus_client import CollectorRegistry
 
 
@@ -22,12 +22,11 @@ class Clock:
         return f"2026-01-01T00:{self.t // 60:02d}:{self.t % 60:02d}Z"
 
 
-def make(kube: FakeKube | None = None) -> tuple[FakeKube, Reconciler, list[tuple[str, str, float]]]:
+def make(kube: FakeKube | None = None) -> tuple[FakeKube, Driven, list[tuple[str, str, float]]]:
+    """The reconciler behind the real controller and work queue; `scheduled`: the retries asked for."""
     kube = kube or FakeKube()
-    scheduled: list[tuple[str, str, float]] = []
-    rec = Reconciler(kube, trainer_image="trainer:test", metrics=Metrics(CollectorRegistry()), clock=Clock(),
-                     schedule=lambda ns, name, delay: scheduled.append((ns, name, delay)))
-    return kube, rec, scheduled
+    rec = Driven(Reconciler(kube, trainer_image="trainer:test", metrics=Metrics(CollectorRegistry()), clock=Clock()))
+    return kube, rec, rec.queue.scheduled
 
 
 def count(kube: FakeKube, call: str) -> int:
@@ -315,7 +314,9 @@ def test_api_errors_are_counted_and_retried_with_backoff() -> None:
     rec.reconcile("ns", "mix-a")
     rec.reconcile("ns", "mix-a")
     assert sample(rec.metrics, "datamix_operator_reconcile_errors_total") == 2
-    assert [d for _, _, d in scheduled] == [2.0, 4.0]
+    first, second = (d for _, _, d in scheduled)
+    assert 2.0 <= first < 2.2, "2 s plus up to 10 % jitter"
+    assert 4.0 <= second < 4.4, "doubled"
 
 
 def test_deleted_experiment_is_forgotten() -> None:
