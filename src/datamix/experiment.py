@@ -139,7 +139,7 @@ class RunPlan:
 
     @property
     def suspend(self) -> bool:
-        return bool(self.workload.get("suspend", False))
+        return suspend_requested({"spec": self.workload})
 
     @property
     def queue(self) -> str | None:
