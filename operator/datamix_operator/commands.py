@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=16, help="reconciliations running at once")
     p.add_argument(
+        "--policy", default=os.environ.get("DATAMIX_POLICY"), metavar="PATH",
+        help="the cluster's DataMix policy parameters (docs/security.md): the chart's policy ConfigMap, mounted "
+        "(a directory) or as a YAML file; experiments that break it end Stalled/PolicyViolation. Default: "
+        "$DATAMIX_POLICY; none: no policy check in the operator (admission only)",
+    )
+    p.add_argument(
         "--progress-interval", type=float, default=30.0, metavar="SECONDS",
         help="read each running run's progress from its master pod's metrics endpoint at most this often "
         "(0: never); the status is written at most this often per run, and only when a value changed",
@@ -55,6 +61,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
+    from datamix_operator.admission import load_policy
     from datamix_operator.config import OperatorConfig
 
     namespaces = list(args.namespaces)
@@ -77,6 +84,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             pytorchjob_api=args.pytorchjob_api,
             progress_interval=args.progress_interval,
             progress_workers=args.progress_workers,
+            policy=load_policy(args.policy) if args.policy else None,
         )
     except ValueError as err:
         raise UserError(f"operator: {err}") from err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from datamix.policy import PolicyParams
 from datamix_operator.kube import JobApi
 from datamix_operator.render import DEFAULT_TRAINER_IMAGE
 
@@ -34,6 +35,8 @@ class OperatorConfig:
     """Each running run's metrics endpoint is read at most this often (progress.py); 0: never."""
     progress_workers: int = 8
     """Threads reading metrics endpoints (connections at a time)."""
+    policy: PolicyParams | None = None
+    """The cluster's DataMix policy (--policy); None: checked at admission only."""
 
     @property
     def clusterwide(self) -> bool:
@@ -56,6 +59,7 @@ class OperatorConfig:
         pytorchjob_api: str,
         progress_interval: float = 30.0,
         progress_workers: int = 8,
+        policy: PolicyParams | None = None,
     ) -> OperatorConfig:
         for ns in namespaces:
             if not ns or len(ns) > 63 or not all(c.isalnum() or c == "-" for c in ns) or ns != ns.lower():
@@ -87,4 +91,5 @@ class OperatorConfig:
             job_api=JobApi.parse(pytorchjob_api),
             progress_interval=progress_interval,
             progress_workers=progress_workers,
+            policy=policy,
         )

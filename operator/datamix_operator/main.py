@@ -39,6 +39,7 @@ from datamix.names import (
     REPLICA_TYPE_LABEL,
 )
 from datamix.sweep_schema import SWEEP_PLURAL
+from datamix_operator.admission import Admission
 from datamix_operator.config import OperatorConfig
 from datamix_operator.controller import Controller, EventPoster
 from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
@@ -226,9 +227,12 @@ def run(config: OperatorConfig) -> None:
         post_event=EventPoster(kube).post,
         instance=os.environ.get("POD_NAME") or socket.gethostname(),
         progress=progress,
+        admission=Admission(config.policy),
     )
     controller = Controller(reconciler, workers=config.workers)
     controller.start()
+    if config.policy is None:
+        log.warning("no --policy: the operator does not check the DataMix policy (docs/security.md)")
     if progress is not None:
         progress.on_change = lambda namespace, name: controller.enqueue(namespace, name)
         progress.start()

@@ -46,6 +46,7 @@ from datamix.names import (
     Reason,
 )
 from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
+from datamix_operator.admission import Admission, Refused
 from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
 from datamix_operator.metrics import Metrics
 from datamix_operator.progress import ProgressTracker
@@ -170,8 +171,10 @@ class Reconciler:
         instance: str = "datamix-operator",
         post_event: Callable[[str, dict[str, Any]], None] | None = None,
         progress: ProgressTracker | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.kube = kube
+        self.admission = admission or Admission(None)
         self.trainer_image = trainer_image
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -269,8 +272,13 @@ class Reconciler:
     def _plan_current_run(self, p: Pass) -> None:
         """1. The current run as the spec defines it."""
         try:
-            p.planned = self._plan(p.namespace, p.exp)
-            p.run = RunInfo.of(p.planned.plan)
+            planned = self._plan(p.namespace, p.exp)
+            # The cluster's policy and the children's size, before anything is created.
+            self.admission.check(p.namespace, p.exp, (planned.configmap, planned.job))
+            p.planned = planned
+            p.run = RunInfo.of(planned.plan)
+        except Refused as err:
+            p.stall = Stall(err.reason, str(err))
         except (UserError, RunSpecError) as err:
             p.stall = Stall(Reason.INVALID_SPEC, str(err))
 

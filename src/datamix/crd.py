@@ -1,5 +1,6 @@
-"""Serialise the CRDs generated from `datamix.schema` and `datamix.sweep_schema`; `crds/` and the
-Helm chart hold copies."""
+"""Serialise the CRDs generated from `datamix.schema` and `datamix.sweep_schema` (`crds/` and the
+Helm chart hold copies) and the chart's admission policy generated from `datamix.policy`.
+`datamix crd --write` writes them all (`generated_files()`); tests fail when a copy is stale."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from datamix.policy import render_admission_policy_spec
 from datamix.schema import crd_manifest
 from datamix.sweep_schema import sweep_crd_manifest
 
@@ -18,6 +20,7 @@ SWEEP_CRD_FILE_NAME = "datamix.io_datamixturesweeps.yaml"
 CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "datamix" / "crds")
 CRD_FILES = tuple(d / CRD_FILE_NAME for d in CRD_DIRS)
 SWEEP_CRD_FILES = tuple(d / SWEEP_CRD_FILE_NAME for d in CRD_DIRS)
+POLICY_FILE = REPO_ROOT / "helm" / "datamix" / "policy" / "admission-policy-spec.yaml"
 
 
 def _render(manifest: Callable[[], dict[str, Any]], source: str) -> str:
@@ -36,3 +39,8 @@ def render_sweep_crd() -> str:
 def rendered_crd_files() -> dict[Path, str]:
     """Every generated CRD file and its content."""
     return {**{p: render_crd() for p in CRD_FILES}, **{p: render_sweep_crd() for p in SWEEP_CRD_FILES}}
+
+
+def generated_files() -> dict[Path, str]:
+    """Every generated file of the repository (the CRDs' copies and the admission policy's rules)."""
+    return {**rendered_crd_files(), POLICY_FILE: render_admission_policy_spec()}

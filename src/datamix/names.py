@@ -99,6 +99,8 @@ class Reason:
     JOB_FAILED: Final = "JobFailed"
     SUSPENDED: Final = "Suspended"
     INVALID_SPEC: Final = "InvalidSpec"
+    POLICY_VIOLATION: Final = "PolicyViolation"  # the cluster's DataMix policy refuses the spec
+    TOO_LARGE: Final = "TooLarge"  # a rendered child would exceed what the API server stores
     CRD_MISSING: Final = "PyTorchJobCRDMissing"
     CHILD_CONFLICT: Final = "ChildConflict"
     NOT_CREATED: Final = "JobNotCreated"

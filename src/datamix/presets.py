@@ -155,8 +155,19 @@ def check_override(key: str, value: object) -> str | None:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return None
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        return f"model setting {key!r} must be a {expected.__name__}, got {value!r}"
+        return f"model setting {key!r} must be a {expected.__name__}, got {_short(value)}"
+    if isinstance(value, str) and len(value) > MAX_SETTING_STRING_LENGTH:
+        return f"model setting {key!r} is {len(value)} characters long; at most {MAX_SETTING_STRING_LENGTH}"
     return None
+
+
+# The schema cannot bound an override's value (it is open), so the check above does.
+MAX_SETTING_STRING_LENGTH: Final = 256
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # The trainer is data-parallel only: torch DDP over the whole model (trainer/datamix_trainer).

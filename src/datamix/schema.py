@@ -27,7 +27,6 @@ ABSOLUTE_PATH = r"^/.*$"
 # A directory the pods mount a volume at: absolute, no empty segment, no trailing slash, not `/`.
 MOUNT_PATH = r"^(/[^/]+)+$"
 MAX_ENV_VALUE_LENGTH = 4096
-MAX_OVERRIDE_STRING_LENGTH = 256
 
 # Every path refuses `..` as a segment: no path may climb out of the directory it is relative to
 # (or, for absolute paths, be written in a second way that defeats a prefix allow-list).
@@ -253,18 +252,12 @@ MODEL = obj(
             "description": "Model settings replacing the preset's (Megatron argument names in camelCase, "
             "e.g. numLayers, hiddenSize). Unknown names are reported by the operator as InvalidSpec.",
             "maxProperties": 64,
-            # Values are numbers, strings or booleans; their types are checked against presets.MODEL_SETTINGS.
+            # Values are numbers, strings or booleans. A structural schema cannot say "scalar" and the
+            # API server cannot type an open value for CEL ("unable to convert structural schema to CEL
+            # declarations"), so the bound here is the number of settings; each value's type and a
+            # string's length are checked against presets.MODEL_SETTINGS by `datamix validate` and the
+            # operator (InvalidSpec) before anything is created.
             "additionalProperties": {"x-kubernetes-preserve-unknown-fields": True},
-            # The values' schema is open, so the rule bounds them: scalars only (no nested documents)
-            # and short strings.
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.all(k, k.size() <= 64 && (type(self[k]) == string ? "
-                    f"self[k].size() <= {MAX_OVERRIDE_STRING_LENGTH} : type(self[k]) in [int, double, bool]))",
-                    "message": "each override is a setting name of at most 64 characters with a number, a "
-                    f"boolean or a string of at most {MAX_OVERRIDE_STRING_LENGTH} characters",
-                }
-            ],
         },
     },
     required=("preset",),

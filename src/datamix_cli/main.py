@@ -66,10 +66,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from datamix.crd import render_crd, render_sweep_crd, rendered_crd_files
+    from datamix.crd import generated_files, render_crd, render_sweep_crd
 
     if args.write:
-        for path, text in rendered_crd_files().items():
+        # The CRDs' copies and the admission policy's rules: everything generated from the core.
+        for path, text in generated_files().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}", file=sys.stderr)
@@ -122,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("crd", help="print the CRDs (generated from datamix.schema, datamix.sweep_schema)")
-    p.add_argument("--write", action="store_true", help="update crds/ and the Helm chart's copy")
+    p.add_argument(
+        "--write", action="store_true", help="update crds/, the Helm chart's copies and the chart's admission policy"
+    )
     p.set_defaults(func=cmd_crd)
 
     # Both import neither torch nor kopf at module level, so every image lists every command.

@@ -23,6 +23,9 @@ needs_helm = pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "cluster-wide": {"clusterWide": True},
+    "policy-without-admission": {"policy": {"admission": False, "volumeSources": ["persistentVolumeClaim", "nfs"],
+                                            "nfsServers": ["nfs.example.com"]}},
     "monitoring": {"podMonitors": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
                                    "interval": "15s"},
                    "dashboard": {"namespace": "monitoring", "folder": "ML training"}},
@@ -56,6 +59,13 @@ CLUSTER_RESOURCES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},  # kopf's namespace observer: namespaced mode only
 }
+
+
+def watched(values: dict[str, Any]) -> list[str]:
+    """The namespaces the chart makes the operator watch: the release namespace unless told."""
+    if values.get("clusterWide"):
+        return []
+    return list(values.get("watchNamespaces") or ["datamix-system"])
 
 
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -154,14 +164,15 @@ def test_template_includes_crds_for_argocd(tmp_path: Path) -> None:
     from shiplib import render as render_docs
 
     docs = render_docs({}, tmp_path, include_crds=True)
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "datamixtureexperiments.datamix.io"
+    names = sorted(d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition"))
+    assert names == ["datamixtureexperiments.datamix.io", "datamixturesweeps.datamix.io"]
 
 
 @needs_helm
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_every_object_is_namespaced_explicitly(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for doc in rendered[name]:
         meta = doc["metadata"]
         assert ("namespace" in meta) == (doc["kind"] not in cluster_scoped), (doc["kind"], meta)
@@ -192,7 +203,7 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     args = container["args"]
     assert "--liveness-port=8080" in args and "--metrics-port=8081" in args
     namespaces = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
-    assert namespaces == values.get("watchNamespaces", [])
+    assert namespaces == watched(values)
     assert ("--all-namespaces" in args) == (not namespaces)
     assert "--log-format=json" in args
     expected_sa = values.get("serviceAccount", {}).get("name") or dep["metadata"]["name"]
@@ -220,7 +231,7 @@ def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, A
         assert not by_kind(docs, "ServiceAccount")
         return
     sa = one(docs, "ServiceAccount")
-    namespaces = values.get("watchNamespaces")
+    namespaces = watched(values)
     roles, cluster_roles = by_kind(docs, "Role"), by_kind(docs, "ClusterRole")
     if namespaces:
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
@@ -269,8 +280,8 @@ def test_pod_monitors(name: str, rendered: dict[str, list[dict[str, Any]]]) -> N
     trainer = monitors["trainer"]["spec"]
     assert trainer["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "datamix-operator",
                                                   "app.kubernetes.io/part-of": "datamix"}
-    if values.get("watchNamespaces"):
-        assert trainer["namespaceSelector"] == {"matchNames": values["watchNamespaces"]}
+    if watched(values):
+        assert trainer["namespaceSelector"] == {"matchNames": watched(values)}
     else:
         assert trainer["namespaceSelector"] == {"any": True}
     dep = one(rendered[name], "Deployment")
@@ -282,7 +293,7 @@ def test_pod_monitors(name: str, rendered: dict[str, list[dict[str, Any]]]) -> N
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_dashboard_configmap(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
     values = VALUE_SETS[name]
-    maps = by_kind(rendered[name], "ConfigMap")
+    maps = [m for m in by_kind(rendered[name], "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]]
     if values.get("dashboard", {}).get("enabled") is False:
         assert not maps
         return
@@ -295,6 +306,71 @@ def test_dashboard_configmap(name: str, rendered: dict[str, list[dict[str, Any]]
     json.loads(cm["data"]["datamix.json"])
     # Client-side apply stores the whole object in an annotation: 256 KiB at most.
     assert len(json.dumps(cm).encode()) < 256 * 1024
+
+
+@needs_helm
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_policy_objects(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """One parameters' ConfigMap that PolicyParams reads; the admission policy is the generated
+    spec, bound to the watched namespaces, with Deny and no fallback when its parameters are gone."""
+    from datamix.policy import PolicyParams, admission_policy_spec
+
+    values = VALUE_SETS[name]
+    docs = rendered[name]
+    (params_cm,) = [m for m in by_kind(docs, "ConfigMap") if m["metadata"]["name"].endswith("-policy")]
+    params = PolicyParams.from_configmap_data(params_cm["data"])
+    policy_values = values.get("policy", {})
+    admission = policy_values.get("admission", True)
+    assert params.secretReferences == ("CheckedAtAdmission" if admission else "Refused")
+    assert params.volumeSources == tuple(policy_values.get("volumeSources", ["persistentVolumeClaim"]))
+    trainer_image = values.get("trainerImage", "datamix-trainer")
+    assert params.imagePrefixes == (trainer_image.rsplit(":", 1)[0],)
+    # The operator reads the same ConfigMap (mounted) and restarts when it changes.
+    pod = one(docs, "Deployment")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "policy")
+    assert f"--policy={mount['mountPath']}" in container["args"]
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "policy")
+    assert volume["configMap"]["name"] == params_cm["metadata"]["name"]
+    assert pod["metadata"]["annotations"]["checksum/policy"]
+    policies = by_kind(docs, "ValidatingAdmissionPolicy")
+    bindings = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    if not admission:
+        assert not policies and not bindings
+        return
+    (policy,), (binding,) = policies, bindings
+    assert policy["spec"] == admission_policy_spec()
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["paramRef"] == {"name": params_cm["metadata"]["name"], "namespace": "datamix-system",
+                                           "parameterNotFoundAction": "Deny"}
+    if watched(values):
+        (expr,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+        assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": watched(values)}
+    else:
+        assert "matchResources" not in binding["spec"]
+
+
+@needs_helm
+@pytest.mark.parametrize(("trainer_image", "prefix"), [
+    ("", "datamix-trainer"),
+    ("registry.example.com:5000/datamix/trainer", "registry.example.com:5000/datamix/trainer"),
+    ("registry.example.com:5000/datamix/trainer:0.1.0", "registry.example.com:5000/datamix/trainer"),
+    ("registry.example.com/datamix/trainer:0.1.0@sha256:" + "ab" * 32, "registry.example.com/datamix/trainer"),
+])
+def test_policy_allows_the_trainer_images_repository_by_default(trainer_image: str, prefix: str,
+                                                                tmp_path: Path) -> None:
+    docs = render({"trainerImage": trainer_image} if trainer_image else {}, tmp_path)
+    (params,) = [m for m in by_kind(docs, "ConfigMap") if m["metadata"]["name"].endswith("-policy")]
+    assert params["data"]["imagePrefixes"] == prefix
+
+
+@needs_helm
+def test_cluster_wide_and_watch_namespaces_exclude_each_other(tmp_path: Path) -> None:
+    res = helm("template", "dmx", str(CHART), "--kube-version", KUBE_VERSION,
+               *values_args({"clusterWide": True, "watchNamespaces": ["a"]}, tmp_path), check=False)
+    assert res.returncode != 0
+    assert "set either clusterWide or watchNamespaces, not both" in res.stderr
 
 
 @needs_helm

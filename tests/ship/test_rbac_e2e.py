@@ -324,7 +324,7 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
 def test_clusterwide_rbac_can_i_table(cluster: clusterlib.Cluster, crd_installed: None,
                                       namespaces: dict[str, str], tmp_path: Path) -> None:
     ns_op, ns_any = namespaces["operator"], namespaces["other"]
-    docs, sa = install_rbac(cluster, tmp_path, ns_op, {})
+    docs, sa = install_rbac(cluster, tmp_path, ns_op, {"clusterWide": True})
     try:
         kubeconfig = token_kubeconfig(cluster, ns_op, sa, tmp_path / "sa.kubeconfig")
         table = []

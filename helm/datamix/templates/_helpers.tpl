@@ -113,3 +113,36 @@ installed later. */}}
   resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
+
+{{/*
+Namespaces the operator watches, as a JSON list: `watchNamespaces`, else the release namespace;
+empty when `clusterWide` is true (every namespace).
+*/}}
+{{- define "datamix.watchNamespaces" -}}
+{{- if .Values.clusterWide }}
+{{- if .Values.watchNamespaces }}
+{{- fail "set either clusterWide or watchNamespaces, not both" }}
+{{- end }}
+{{- list | toJson }}
+{{- else }}
+{{- default (list .Release.Namespace) .Values.watchNamespaces | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the policy's parameters (a ConfigMap in the release namespace). */}}
+{{- define "datamix.policyName" -}}
+{{- printf "%s-policy" (include "datamix.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The images experiments may name: `policy.imagePrefixes`, else the repository of the trainer image
+(`trainerImage` without its tag or digest; the operator's default `datamix-trainer` when unset).
+*/}}
+{{- define "datamix.policyImagePrefixes" -}}
+{{- if .Values.policy.imagePrefixes }}
+{{- join "," .Values.policy.imagePrefixes }}
+{{- else }}
+{{- $noDigest := regexReplaceAll "@.*$" (default "datamix-trainer" .Values.trainerImage) "" }}
+{{- regexReplaceAll ":[^:/]*$" $noDigest "" }}
+{{- end }}
+{{- end }}
