@@ -7,6 +7,9 @@ uninterrupted two-process run as the reference.)"""
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import torch
 from datamix_trainer.checkpoint import Checkpointer, safe_load
 
 from datamix.runspec import NON_FINITE_LOSS_EXIT_CODE
-from tests.trainer.runs import history, quickstart_spec, start_training, write_spec
+from tests.trainer.runs import history, quickstart_spec, start_training, trainer_env, write_spec
 
 pytestmark = pytest.mark.training
 
@@ -77,3 +80,41 @@ def test_a_non_finite_loss_fails_with_its_exit_code_and_keeps_finite_checkpoints
             assert torch.isfinite(tensor).all(), f"{newest.name}: optimizer state {i}.{key} is not finite"
     steps = history(out)
     assert max(steps) < failed  # the failing step was never recorded as trained
+
+
+PEER_SCRIPT = """
+import os, signal, sys
+import torch
+import torch.distributed as dist
+from datamix_trainer.distributed import PEER_LOST_EXIT_CODE, peer_lost
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the survivor see the error, not the launcher's stop
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)  # both alive
+if dist.get_rank() == 1:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would, on "another node"
+try:
+    for _ in range(1000):
+        dist.all_reduce(t)
+except Exception as err:
+    print(f"rank 0 peer_lost={peer_lost(err)}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+    sys.exit(PEER_LOST_EXIT_CODE if peer_lost(err) else 1)
+print("rank 0 saw no error", flush=True)
+"""
+
+
+def test_a_rank_whose_peer_died_classifies_the_real_gloo_error_as_peer_lost(tmp_path: Path) -> None:
+    """What the ranks of another node see when a pod dies: a collective with a vanished peer. The
+    trainer maps that error to exit 129 (retried), not 1 (the job would fail for good); the
+    launcher here still reports the dead rank's 137."""
+    script = tmp_path / "peer.py"
+    script.write_text(PEER_SCRIPT)
+    log = tmp_path / "peer.log"
+    command = [sys.executable, "-m", "datamix_cli", "launch", "--standalone", "--nproc-per-node=2", str(script)]
+    with open(log, "wb") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=trainer_env(), timeout=300).returncode
+    text = log.read_text()
+    assert "rank 0 peer_lost=True" in text, text[-3000:]
+    assert code == 128 + signal.SIGKILL, text[-3000:]
+    assert "datamix launch: rank 1 died of SIGKILL: exit code 137" in text

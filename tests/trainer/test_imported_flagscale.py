@@ -39,8 +39,16 @@ def test_imported_flagscale_manifest_validates_and_trains(demo_dir: Path, tmp_pa
     # The imported model as it is; a schedule that fits a test on one CPU process.
     local = copy.deepcopy(manifest)
     training = local["spec"]["training"]
-    training.update(seqLength=64, globalBatchSize=4, microBatchSize=2, trainSteps=2, evalInterval=2,
-                    checkpointInterval=2, logInterval=1, evalSamples=2)
+    training.update(
+        seqLength=64,
+        globalBatchSize=4,
+        microBatchSize=2,
+        trainSteps=2,
+        evalInterval=2,
+        checkpointInterval=2,
+        logInterval=1,
+        evalSamples=2,
+    )
     spec = build_run_spec(local, base_dir=str(base), output_dir=str(tmp_path / "out"), procs_per_node=1, nodes=1)
     assert spec.model.settings["pipelineModelParallelSize"] == 1
     assert spec.model.settings["tensorModelParallelSize"] == 1

@@ -28,6 +28,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return Stopped.exit_code
     except NonFiniteLoss:  # the trainer has printed `error: ...` with the step
         return NonFiniteLoss.exit_code
+    except Exception as err:  # the traceback is in this rank's stderr.log already
+        from datamix_trainer.distributed import PEER_LOST_EXIT_CODE, peer_lost
+
+        if not peer_lost(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"error: another process of the job is gone ({first[:300]}); exit code {PEER_LOST_EXIT_CODE}",
+            file=sys.stderr,
+        )
+        return PEER_LOST_EXIT_CODE
     return 0
 
 

@@ -7,6 +7,7 @@ is set, so even a single process gets a (one-member, in-memory) process group.
 from __future__ import annotations
 
 import os
+import signal
 from datetime import timedelta
 
 import torch
@@ -16,6 +17,26 @@ from datamix_trainer.config import DistEnv
 
 # Long enough for rank 0 to build large blend indices while the others wait at a barrier.
 TIMEOUT = timedelta(minutes=int(os.environ.get("DATAMIX_DIST_TIMEOUT_MINUTES", "30")))
+
+
+# A collective failed because another process went away (on another node, its pod died): not this
+# program's error. The process exits like a signal death, 128 + SIGHUP ("the other end hung up"),
+# so that the ExitCode restart policy restarts this pod too instead of failing the job.
+PEER_LOST_EXIT_CODE = 128 + signal.SIGHUP
+# gloo's messages for a vanished peer, NCCL's for a dead remote or a collective that timed out.
+_PEER_LOST_MESSAGES = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote process exited",
+    "collective operation timeout",
+)
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether `err` says that another process of the job is gone (not a bug of this one)."""
+    if isinstance(err, dist.DistNetworkError | dist.DistStoreError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _PEER_LOST_MESSAGES)
 
 
 def pick_device(env: DistEnv) -> torch.device:

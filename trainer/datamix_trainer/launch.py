@@ -8,7 +8,8 @@ restart the pod). This launcher takes torchrun's own arguments and runs torchrun
 
 - a rank died of signal n (OOM kill, SIGKILL): 128 + n;
 - otherwise the first failed rank's own exit code: 1 (a traceback), 2 (`error: ...`, bad input),
-  `NON_FINITE_LOSS_EXIT_CODE`, 143 (stopped on SIGTERM, checkpoint saved);
+  `NON_FINITE_LOSS_EXIT_CODE`, 129 (a collective lost its peer: a process of another pod died,
+  `distributed.PEER_LOST_EXIT_CODE`), 143 (stopped on SIGTERM, checkpoint saved);
 - the launcher itself got signal n (the kubelet's SIGTERM): 128 + n, after its workers stopped.
 
 torchrun's report also lists the ranks it stopped itself after the first failure: SIGTERM at once,

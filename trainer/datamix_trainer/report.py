@@ -38,9 +38,7 @@ def table(spec: RunSpec, result: RunResult) -> str:
     for d, share, tokens, loss in zip(
         spec.datasets, result.realised_shares, result.tokens, result.validation_loss, strict=True
     ):
-        rows.append(
-            (d.name, f"{d.share:.4f}", f"{share:.4f}", f"{tokens:,}", "n/a" if loss is None else f"{loss:.4f}")
-        )
+        rows.append((d.name, f"{d.share:.4f}", f"{share:.4f}", f"{tokens:,}", "n/a" if loss is None else f"{loss:.4f}"))
     mean = result.mean_validation_loss
     rows.append(("mean", "", "", f"{sum(result.tokens):,}", "n/a" if mean is None else f"{mean:.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
