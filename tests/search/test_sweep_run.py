@@ -17,7 +17,6 @@ import yaml
 
 from datamix.errors import UserError
 from datamix.search.local import LocalRunner, run_sweep, summary
-from datamix.search.simplex import Bounds
 from tests.search.fake_trainer import law
 from tests.search.laws import true_optimum
 
@@ -79,8 +78,7 @@ def test_a_sweep_trains_its_trials_fits_proposes_and_trains_the_final_run(tmp_pa
     # The final run is the proposed mixture, and the law says it is close to the best mixture.
     domains = report.sweep.domains
     weights = np.full(len(domains), 1 / len(domains))
-    bounds = Bounds.make(domains, {"python-code": 0.05})
-    _, optimum = true_optimum(law(len(domains)), weights, bounds)
+    _, optimum = true_optimum(law(len(domains)), weights, report.sweep.bounds)
     assert report.final_observed <= optimum * 1.02
     assert report.final_observed < min(report.fit.observed)
     for name in ("trials.csv", "proposal.yaml", "sweep.png"):

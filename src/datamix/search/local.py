@@ -49,7 +49,7 @@ class LocalRunner:
 @dataclass
 class TrialOutcome:
     name: str
-    index: int  # -1 for the final run
+    index: int  # the trial's; -1 for a final-size run (whose failure stops the sweep)
     shares: np.ndarray
     result_path: Path
     log_path: Path
@@ -185,6 +185,8 @@ def train_all(
                     failures += 1
                     outcome.failed = _last_error(outcome.log_path) or f"exit {process.returncode}"
                     log(f"  [{done}/{len(outcomes)}] {outcome.name} FAILED: {outcome.failed} (log {outcome.log_path})")
+                    if outcome.index < 0:
+                        raise UserError(f"{outcome.name}: the run failed ({outcome.failed}); see {outcome.log_path}")
                     if failures > max_failed:
                         raise UserError(
                             f"{outcome.name}: {failures} trial(s) failed, more than spec.search.maxFailedTrials "
