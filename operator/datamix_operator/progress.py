@@ -160,6 +160,7 @@ class _Run:
     # scheduling
     next_due: float = 0.0
     busy: bool = False
+    told_foreign: bool = False  # logged once at INFO, then at DEBUG
 
     def view(self) -> ProgressView:
         return ProgressView(
@@ -345,8 +346,10 @@ class ProgressTracker:
             reading = parse_reading(text, run.name, run.run)
             if reading is None:
                 outcome = "foreign"
-                log.info("progress of %s/%s: %s holds no series of run %s; ignored", run.namespace, run.name,
-                         url, run.run)
+                log.log(logging.DEBUG if run.told_foreign else logging.INFO,
+                        "progress of %s/%s: %s holds no series of run %s; ignored", run.namespace, run.name, url,
+                        run.run)
+                run.told_foreign = True
                 return False
             outcome = "accepted"
             if self._apply(run, reading):
