@@ -1,11 +1,12 @@
-"""Runs the reconciler from a work queue (no kopf here).
+"""Runs a reconciler from a work queue (no kopf here).
 
-The watch handlers, the resync loop and the progress tracker only enqueue an experiment
-(`Controller.on_experiment`, `on_job`, `enqueue`); `workers` threads take experiments from the
-queue and reconcile them. The queue hands an experiment to one worker at a time, coalesces the
-triggers that arrive meanwhile into one more reconciliation afterwards, and retries a failed
-reconciliation after the experiment's backoff (2 s, doubling, at most 120 s, with jitter); the
-retry a situation asks for (a missing CRD, a conflicting child) comes back as a delay.
+The watch handlers, the resync loop and the progress tracker only queue an object
+(`Controller.submit` of a `Request`, e.g. from `Reconciler.on_experiment` / `on_job`); `workers`
+threads take objects from the queue and reconcile them. The queue hands an object to one worker at
+a time, coalesces the triggers that arrive meanwhile into one more reconciliation afterwards, and
+retries a failed reconciliation after the object's backoff (2 s, doubling, at most 120 s, with
+jitter); the retry a situation asks for (a missing CRD, a conflicting child) comes back from
+`reconcile` as a delay. Any reconciler with that `reconcile` can be run so (experiments; sweeps).
 """
 
 from __future__ import annotations
@@ -13,52 +14,58 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from datamix_operator.kube import KubeApi, KubeError
-from datamix_operator.reconcile import Conflict, Reconciler, Request
+from datamix_operator.reconcile import Conflict, Request
 from datamix_operator.workqueue import ExponentialBackoff, WorkQueue
 
 log = logging.getLogger("datamix_operator")
 
-Key = tuple[str, str]  # (namespace, name) of an experiment
+Key = tuple[str, str]  # (namespace, name) of the reconciled object
+
+
+class Reconcilable(Protocol):
+    def reconcile(
+        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
+    ) -> float | None:
+        """One pass over one object; the delay of a retry it asks for; raises on errors."""
+        ...
+
+
+class ErrorCounter(Protocol):
+    def inc(self) -> None: ...
 
 
 @dataclass
 class _Asked:
-    """What the triggers queued for one experiment asked for, merged."""
+    """What the triggers queued for one object asked for, merged."""
 
     full: bool = False
     body: dict[str, Any] | None = None
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler, *, workers: int = 1, queue: WorkQueue[Key] | None = None) -> None:
+    def __init__(
+        self,
+        reconciler: Reconcilable,
+        *,
+        errors: ErrorCounter | None = None,
+        workers: int = 1,
+        queue: WorkQueue[Key] | None = None,
+        kind: str = "experiment",
+    ) -> None:
         self.reconciler = reconciler
+        self.errors = errors
         self.workers = workers
+        self.kind = kind  # for the log
         self.queue: WorkQueue[Key] = queue if queue is not None else WorkQueue(ExponentialBackoff())
         self._asked: dict[Key, _Asked] = {}
         self._asked_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- triggers
-
-    def on_experiment(
-        self,
-        namespace: str,
-        name: str,
-        resource_version: str | None,
-        deleted: bool = False,
-        body: Mapping[str, Any] | None = None,
-    ) -> None:
-        if deleted:
-            self.queue.forget((namespace, name))
-        self.submit(self.reconciler.on_experiment(namespace, name, resource_version, deleted=deleted, body=body))
-
-    def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> None:
-        self.submit(self.reconciler.on_job(namespace, job, deleted=deleted))
 
     def enqueue(self, namespace: str, name: str, *, full: bool = False) -> None:
         self.submit(Request(namespace, name, full=full))
@@ -73,6 +80,10 @@ class Controller:
             if request.body is not None:
                 asked.body = request.body
         self.queue.add(key)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The object is gone: its next failure (if it comes back) starts from the base delay."""
+        self.queue.forget((namespace, name))
 
     # -- workers
 
@@ -94,12 +105,13 @@ class Controller:
         try:
             retry = self.reconciler.reconcile(namespace, name, full=asked.full, new=asked.body)
         except Exception as err:
-            self.reconciler.metrics.reconcile_errors.inc()
+            if self.errors is not None:
+                self.errors.inc()
             delay = self.queue.add_rate_limited(key)
             if isinstance(err, KubeError | Conflict):
-                log.warning("reconciling %s/%s failed (retry in %.0fs): %s", namespace, name, delay, err)
+                log.warning("reconciling %s %s/%s failed (retry in %.0fs): %s", self.kind, namespace, name, delay, err)
             else:
-                log.exception("reconciling %s/%s failed (retry in %.0fs)", namespace, name, delay)
+                log.exception("reconciling %s %s/%s failed (retry in %.0fs)", self.kind, namespace, name, delay)
             return
         self.queue.forget(key)
         if retry is not None:

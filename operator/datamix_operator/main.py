@@ -93,7 +93,11 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 
 def build_registry(
-    config: OperatorConfig, controller: Controller, kube: ClientKube, progress: ProgressTracker | None = None,
+    config: OperatorConfig,
+    reconciler: Reconciler,
+    controller: Controller,
+    kube: ClientKube,
+    progress: ProgressTracker | None = None,
     sweeps: SweepReconciler | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
@@ -121,15 +125,18 @@ def build_registry(
     def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None:
             return
-        controller.on_experiment(
-            namespace, name, body.metadata.get("resourceVersion"), deleted=(type == "DELETED"), body=body
+        deleted = type == "DELETED"
+        if deleted:
+            controller.forget(namespace, name)
+        controller.submit(
+            reconciler.on_experiment(namespace, name, body.metadata.get("resourceVersion"), deleted=deleted, body=body)
         )
 
     @kopf.on.event(job_api.group, job_api.version, job_api.plural, id="job", labels=ours, registry=registry)
     def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is None:
             return
-        controller.on_job(namespace, dict(body), deleted=(type == "DELETED"))
+        controller.submit(reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED")))
 
     if sweeps is not None:
         sweep_handlers(registry, sweeps)
@@ -229,7 +236,7 @@ def run(config: OperatorConfig) -> None:
         progress=progress,
         admission=Admission(config.policy),
     )
-    controller = Controller(reconciler, workers=config.workers)
+    controller = Controller(reconciler, errors=metrics.reconcile_errors, workers=config.workers)
     controller.start()
     if config.policy is None:
         log.warning("no --policy: the operator does not check the DataMix policy (docs/security.md)")
@@ -240,7 +247,7 @@ def run(config: OperatorConfig) -> None:
         serve(config.metrics_port, config.bind_address)
     sweeps = SweepReconciler(SweepClient(kube), Fitter(), post_event=reconciler.post_event,
                              instance=reconciler.instance)
-    registry = build_registry(config, controller, kube, progress, sweeps)
+    registry = build_registry(config, reconciler, controller, kube, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,
              config.job_api.api_version)

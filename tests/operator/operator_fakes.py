@@ -250,12 +250,13 @@ class RecordingQueue(WorkQueue[tuple[str, str]]):
 
 class Driven:
     """The real Controller and Reconciler, driven from the test's thread: each call queues what the
-    operator's handlers would and processes the queue until it is empty before returning."""
+    operator's handlers (main.py) would and processes the queue until it is empty before returning."""
 
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
         self.queue = RecordingQueue()
-        self.controller = Controller(reconciler, workers=0, queue=self.queue)
+        self.controller = Controller(reconciler, errors=reconciler.metrics.reconcile_errors, workers=0,
+                                     queue=self.queue)
 
     @property
     def metrics(self) -> Any:
@@ -271,9 +272,12 @@ class Driven:
 
     def on_experiment(self, namespace: str, name: str, resource_version: str | None, deleted: bool = False,
                       body: dict[str, Any] | None = None) -> None:
-        self.controller.on_experiment(namespace, name, resource_version, deleted=deleted, body=body)
+        if deleted:
+            self.controller.forget(namespace, name)
+        self.controller.submit(self.reconciler.on_experiment(namespace, name, resource_version, deleted=deleted,
+                                                             body=body))
         self.drain()
 
     def on_job(self, namespace: str, job: dict[str, Any], deleted: bool = False) -> None:
-        self.controller.on_job(namespace, job, deleted=deleted)
+        self.controller.submit(self.reconciler.on_job(namespace, job, deleted=deleted))
         self.drain()

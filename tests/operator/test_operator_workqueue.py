@@ -155,7 +155,7 @@ def test_the_controller_runs_no_thread_per_experiment() -> None:
     for i in range(300):
         kube.apply(manifest(f"mix-{i}"))
     reconciler = Reconciler(kube, trainer_image="trainer:test", metrics=Metrics(CollectorRegistry()))
-    controller = Controller(reconciler, workers=2)
+    controller = Controller(reconciler, errors=reconciler.metrics.reconcile_errors, workers=2)
     before = threading.active_count()
     controller.start()
     for i in range(300):
