@@ -290,3 +290,19 @@ def test_the_kueue_queue_passes_to_the_trials_and_the_final_run() -> None:
         "nodes": 4, "gpusPerNode": 8, "queueName": "proxies"}
     sweep["spec"]["final"]["resources"]["queueName"] = "big"
     assert SweepPlan.read(sweep).final_experiment((0.2, 0.3, 0.5))["spec"]["resources"]["queueName"] == "big"
+
+
+def test_a_suspended_sweep_proposes_but_holds_the_final_run() -> None:
+    h = Harness()
+    sweep = small_sweep(trials=4, parallelism=4)
+    sweep["spec"]["final"] = {"model": {"preset": "small"}}
+    h.api.add_sweep(sweep)
+    h.run_trials()
+    h.api.edit_sweep("mix", suspend=True)
+    status = h.wait_fit()
+    assert status["phase"] == "Suspended"
+    assert status["proposal"]["mixture"]
+    assert ("ns", "mix-final") not in h.api.experiments
+    h.api.edit_sweep("mix", suspend=False)
+    assert h.reconcile()["reason"] == "FinalRunning"
+    assert ("ns", "mix-final") in h.api.experiments

@@ -263,6 +263,9 @@ class SweepReconciler:
             proposal = new["proposal"]
         shares_by_name = {m["name"]: m["share"] for m in proposal["mixture"]}
         shares = [shares_by_name.get(d, 0.0) for d in plan.domains]
+        if plan.has_final and final is None and plan.suspend:
+            self._phase(new, "Suspended", "Suspended", "spec.suspend: the final run waits for spec.suspend: false")
+            return
         if plan.has_final and final is None:
             final = self._create(namespace, plan.final_experiment(shares), plan.uid)
             if final is None:
