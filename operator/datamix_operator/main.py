@@ -46,8 +46,10 @@ from datamix_operator.kube import ClientKube, KubeError, load_client_configurati
 from datamix_operator.metrics import Metrics, serve
 from datamix_operator.progress import ProgressTracker
 from datamix_operator.reconcile import Reconciler
+from datamix_operator.sweep.controller import SweepController
 from datamix_operator.sweep.fit import Fitter
 from datamix_operator.sweep.kube import SweepClient
+from datamix_operator.sweep.metrics import SweepMetrics
 from datamix_operator.sweep.reconcile import SweepReconciler
 
 log = logging.getLogger("datamix_operator")
@@ -98,7 +100,7 @@ def build_registry(
     controller: Controller,
     kube: ClientKube,
     progress: ProgressTracker | None = None,
-    sweeps: SweepReconciler | None = None,
+    sweeps: SweepController | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     job_api = config.job_api
@@ -115,6 +117,8 @@ def build_registry(
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         controller.stop()
+        if sweeps is not None:
+            sweeps.stop()
         task = memo.get("resync")
         if task is not None:
             task.cancel()
@@ -164,15 +168,12 @@ def build_registry(
     return registry
 
 
-def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepReconciler) -> None:
+def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController) -> None:
     @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
     def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None:
             return
-        if type == "DELETED":
-            sweeps.forget(namespace, name)
-        else:
-            sweeps.reconcile(namespace, name)
+        sweeps.on_sweep(namespace, name, deleted=(type == "DELETED"))
 
     # The same watch as experiment_event (kopf watches a resource once): trials and final runs.
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx-sweep", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
@@ -182,7 +183,7 @@ def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepReconciler) -> 
 
 
 async def resync_loop(config: OperatorConfig, controller: Controller, kube: ClientKube,
-                      sweeps: SweepReconciler | None = None) -> None:
+                      sweeps: SweepController | None = None) -> None:
     """Reconcile every experiment and sweep every `resync_seconds`, whatever the watches delivered."""
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="resync") as pool:
@@ -200,13 +201,13 @@ async def resync_loop(config: OperatorConfig, controller: Controller, kube: Clie
                 if sweeps is None:
                     continue
                 try:
-                    swept = await loop.run_in_executor(pool, sweeps.kube.list_sweeps, namespace)
+                    swept = await loop.run_in_executor(pool, sweeps.reconciler.kube.list_sweeps, namespace)
                 except KubeError as err:  # e.g. the sweep CRD is not installed
                     log.debug("resync: cannot list sweeps in %s: %s", namespace or "all namespaces", err)
                     continue
                 for item in swept:
                     meta = item.get("metadata") or {}
-                    await loop.run_in_executor(pool, sweeps.reconcile, meta["namespace"], meta["name"])
+                    sweeps.enqueue(meta["namespace"], meta["name"])
 
 
 def run(config: OperatorConfig) -> None:
@@ -245,8 +246,9 @@ def run(config: OperatorConfig) -> None:
         progress.start()
     if config.metrics_port:
         serve(config.metrics_port, config.bind_address)
-    sweeps = SweepReconciler(SweepClient(kube), Fitter(), post_event=reconciler.post_event,
-                             instance=reconciler.instance)
+    sweeps = SweepController(SweepReconciler(SweepClient(kube), Fitter(), metrics=SweepMetrics(),
+                                             post_event=reconciler.post_event, instance=reconciler.instance))
+    sweeps.start()
     registry = build_registry(config, reconciler, controller, kube, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,

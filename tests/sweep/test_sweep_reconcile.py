@@ -306,3 +306,31 @@ def test_a_suspended_sweep_proposes_but_holds_the_final_run() -> None:
     h.api.edit_sweep("mix", suspend=False)
     assert h.reconcile()["reason"] == "FinalRunning"
     assert ("ns", "mix-final") in h.api.experiments
+
+
+def test_the_controller_runs_sweeps_from_its_queue_and_retries_errors() -> None:
+    from datamix_operator.kube import KubeError
+    from datamix_operator.sweep.controller import SweepController
+
+    h = Harness()
+    controller = SweepController(h.reconciler, workers=1)
+    h.api.add_sweep(small_sweep(trials=4, parallelism=2))
+    controller.on_experiment("ns", {"datamix.io/sweep": "mix"})  # a trial's event names its sweep
+    controller.enqueue("ns", "mix")  # coalesced with the first
+    assert controller.process_next(timeout=1)
+    assert len(h.api.experiments) == 2
+    assert not controller.process_next(timeout=0.1), "one reconciliation for both triggers"
+    real = h.api.get_sweep
+
+    def down(namespace: str, name: str) -> dict[str, Any] | None:
+        raise KubeError(0, "API server unreachable")
+
+    h.api.get_sweep = down  # type: ignore[method-assign]
+    controller.enqueue("ns", "mix")
+    assert controller.process_next(timeout=1)
+    assert 1.9 < controller.queue.delayed()[("ns", "mix")] <= 2.2, "retried after the backoff"
+    h.api.get_sweep = real  # type: ignore[method-assign]
+    controller.reconciler.schedule("ns", "mix", 0.0)  # what a finished fit does
+    assert controller.process_next(timeout=1)
+    controller.on_sweep("ns", "mix", deleted=True)
+    controller.stop()

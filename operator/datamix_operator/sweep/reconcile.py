@@ -16,13 +16,12 @@ retry) calls `SweepReconciler.reconcile(namespace, name)`, which reads the world
 
 The proposal is recorded in the status, and the final run is created from the status, so a
 restart neither refits a finished sweep nor proposes differently. Calls for one sweep are
-serialised (a lock); errors are retried with a backoff.
+serialised and errors retried with a backoff by the work queue (`controller.py`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +106,6 @@ class SweepReconciler:
         *,
         metrics: SweepMetrics | None = None,
         clock: Callable[[], str] = utcnow,
-        error_retry_seconds: float = 2.0,
         schedule: Callable[[str, str, float], None] | None = None,
         post_event: Callable[[str, dict[str, Any]], None] | None = None,
         instance: str = "datamix-operator",
@@ -116,70 +114,19 @@ class SweepReconciler:
         self.fitter = fitter
         self.metrics = metrics or SweepMetrics()
         self.clock = clock
-        self.error_retry_seconds = error_retry_seconds
-        self.schedule = schedule or self._schedule_with_timer
+        # How a finished fit asks for the next reconciliation (the controller's queue sets it).
+        self.schedule: Callable[[str, str, float], None] = schedule or (lambda namespace, name, delay: None)
         self.post_event = post_event or self._post_event_now
         self.instance = instance
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
-        self._failures: dict[tuple[str, str], int] = {}
-        self._pending: set[tuple[str, str]] = set()
-
-    # ------------------------------------------------------------------------------------------
-    # triggers
-
-    def on_experiment(self, namespace: str, labels: Mapping[str, str]) -> None:
-        """An experiment labelled with a sweep changed: reconcile the sweep."""
-        sweep = labels.get(LABEL_SWEEP)
-        if sweep:
-            self.reconcile(namespace, sweep)
 
     def forget(self, namespace: str, name: str) -> None:
-        self._failures.pop((namespace, name), None)
+        """The sweep is gone: drop its fit results and its metrics."""
         self.fitter.forget(f"{namespace}/{name}")
         self.metrics.observe(namespace, name, None)
 
-    def _lock(self, key: tuple[str, str]) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def _schedule_with_timer(self, namespace: str, name: str, delay: float) -> None:
-        key = (namespace, name)
-        with self._guard:
-            if key in self._pending:
-                return
-            self._pending.add(key)
-
-        def fire() -> None:
-            with self._guard:
-                self._pending.discard(key)
-            self.reconcile(namespace, name)
-
-        timer = threading.Timer(delay, fire)
-        timer.daemon = True
-        timer.start()
-
-    # ------------------------------------------------------------------------------------------
-
-    def reconcile(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        retry: float | None = None
-        with self._lock(key):
-            try:
-                retry = self._reconcile(namespace, name)
-                self._failures.pop(key, None)
-            except Exception as err:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                retry = min(self.error_retry_seconds * 2 ** (failures - 1), 120.0)
-                if isinstance(err, KubeError):
-                    log.warning("reconciling sweep %s/%s failed (retry in %.0fs): %s", namespace, name, retry, err)
-                else:
-                    log.exception("reconciling sweep %s/%s failed (retry in %.0fs)", namespace, name, retry)
-        if retry is not None:
-            self.schedule(namespace, name, retry)
-
-    def _reconcile(self, namespace: str, name: str) -> float | None:
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """One step towards the spec; returns the delay of a retry the situation asks for. Errors
+        propagate: the caller (SweepController's work queue) retries with a backoff."""
         sweep = self.kube.get_sweep(namespace, name)
         if sweep is None:
             self.forget(namespace, name)
