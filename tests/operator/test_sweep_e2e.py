@@ -146,8 +146,9 @@ def test_sweep_proposes_near_the_optimum_and_launches_the_final_run(
     assert [m["name"] for m in status["proposal"]["mixture"]] == list(LAW_DOMAINS)
     _, optimum = law_optimum()
     true = law_objective(shares)
+    uniform = law_objective((1 / 3, 1 / 3, 1 / 3))
     assert true <= optimum * 1.01, (shares, true, optimum)
-    assert true < law_objective((1 / 3, 1 / 3, 1 / 3))
+    assert true - optimum < 0.1 * (uniform - optimum), (shares, true, optimum, uniform)
     assert true <= trainer.played[best]
     assert status["fit"]["trials"] == 16
     assert status["fit"]["spearman"] > 0.8

@@ -190,7 +190,10 @@ def test_the_proposal_is_near_the_law_optimum_and_the_final_run_gets_it() -> Non
     assert [m["name"] for m in proposal["mixture"]] == list(LAW_DOMAINS)
     assert sum(shares) == pytest.approx(1.0, abs=1e-5)
     _, optimum = law_optimum()
+    uniform = law_objective((1 / 3, 1 / 3, 1 / 3))
+    print(f"proposal {shares}: true {law_objective(shares):.5f}, optimum {optimum:.5f}, uniform {uniform:.5f}")
     assert law_objective(shares) <= optimum * 1.01
+    assert law_objective(shares) - optimum < 0.1 * (uniform - optimum), "most of the way from uniform to the optimum"
     assert law_objective(shares) < law_objective(SweepPlan.read(sweep).prior)
     assert law_objective(shares) < law_objective((1 / 3, 1 / 3, 1 / 3))
     assert proposal["predictedObjective"] < proposal["uniformPredictedObjective"]
