@@ -378,7 +378,7 @@ def test_sweep_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path)
     from tests.sweep.fake_trainer import FakeTrainer, hold_pods
 
     install_crd(cluster)
-    sweep_crd = REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
+    sweep_crd = os.environ.get("DATAMIX_E2E_SWEEP_CRD") or REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
     res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(sweep_crd), check=False)
     assert res.returncode == 0, res.stderr
     clusterlib.wait_for(lambda: "datamixturesweeps" in cluster.kubectl(
