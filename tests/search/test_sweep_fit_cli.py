@@ -4,6 +4,7 @@ flag gives one line naming the problem and exit code 2, never a traceback."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,17 @@ def test_a_binary_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.Captur
     code, _, err = run(capsys, str(path))
     assert code == 2
     assert "not a text file" in err
+
+
+def test_lightgbm_missing_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lightgbm is installed here (the dev extra): hiding it from the import system is the only
+    # way to see what a core-only install says.
+    monkeypatch.setitem(sys.modules, "lightgbm", None)
+    csv = tmp_path / "trials.csv"
+    csv.write_text(good_table().to_csv())
+    code, _, err = run(capsys, str(csv), "--regression", "lightgbm")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "lightgbm is not installed here" in err
