@@ -4,8 +4,7 @@ what it would send.
 
 An experiment refused here gets `Stalled` with the reason of the `Refused` error (PolicyViolation
 or TooLarge) and nothing is created. The policy's parameters come from `--policy`: the chart
-mounts its policy ConfigMap (a directory of one file per key) or a test passes the ConfigMap as a
-YAML file.
+mounts a ConfigMap holding the same DataMixPolicy object the admission policy reads.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import yaml
 
 from datamix.errors import UserError
 from datamix.names import Reason
-from datamix.policy import PolicyParams, violations
+from datamix.policy import POLICY_KIND, PolicyParams, violations
 
 # etcd refuses a request over 1.5 MiB (its default --max-request-bytes); the API server stores the
 # object with managedFields and status next to what the operator sends. Sending more than this
@@ -38,24 +37,20 @@ class Refused(UserError):
         self.reason = reason
 
 
+POLICY_FILE_KEY = "policy.yaml"
+
+
 def load_policy(path: str | Path) -> PolicyParams:
-    """The policy's parameters from a mounted ConfigMap (a directory: one file per key) or a
-    YAML file holding the ConfigMap (or just its `data`)."""
+    """The policy's parameters from the chart's policy ConfigMap, mounted (a directory holding
+    `policy.yaml`) or as a YAML file, or from a YAML file of the DataMixPolicy object itself."""
     where = Path(path)
     try:
-        if where.is_dir():
-            data = {
-                p.name: p.read_text()
-                for p in sorted(where.iterdir())
-                if p.is_file() and not p.name.startswith(".")  # the kubelet's ..data links are dot-names
-            }
-        else:
-            doc = yaml.safe_load(where.read_text())
-            data = doc.get("data", doc) if isinstance(doc, dict) and doc.get("kind") == "ConfigMap" else doc
-            if not isinstance(data, dict):
-                raise ValueError("expected a ConfigMap or a mapping of its data")
-            data = data or {}
-        return PolicyParams.from_configmap_data(data)
+        doc = yaml.safe_load((where / POLICY_FILE_KEY if where.is_dir() else where).read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            doc = yaml.safe_load((doc.get("data") or {}).get(POLICY_FILE_KEY) or "null")
+        if not isinstance(doc, dict) or doc.get("kind") != POLICY_KIND or not isinstance(doc.get("spec"), dict):
+            raise ValueError(f"expected a {POLICY_KIND} (or the chart's ConfigMap holding one as {POLICY_FILE_KEY})")
+        return PolicyParams.from_spec(doc["spec"])
     except (OSError, ValueError, yaml.YAMLError) as err:
         raise UserError(f"--policy {path}: {err}") from err
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from datamix.policy import render_admission_policy_spec
+from datamix.policy import policy_crd_manifest, render_admission_policy_spec
 from datamix.schema import crd_manifest
 from datamix.sweep_schema import sweep_crd_manifest
 
@@ -20,6 +20,8 @@ SWEEP_CRD_FILE_NAME = "datamix.io_datamixturesweeps.yaml"
 CRD_DIRS = (REPO_ROOT / "crds", REPO_ROOT / "helm" / "datamix" / "crds")
 CRD_FILES = tuple(d / CRD_FILE_NAME for d in CRD_DIRS)
 SWEEP_CRD_FILES = tuple(d / SWEEP_CRD_FILE_NAME for d in CRD_DIRS)
+POLICY_CRD_FILE_NAME = "datamix.io_datamixpolicies.yaml"
+POLICY_CRD_FILES = tuple(d / POLICY_CRD_FILE_NAME for d in CRD_DIRS)
 POLICY_FILE = REPO_ROOT / "helm" / "datamix" / "policy" / "admission-policy-spec.yaml"
 
 
@@ -36,9 +38,17 @@ def render_sweep_crd() -> str:
     return _render(sweep_crd_manifest, "src/datamix/sweep_schema.py")
 
 
+def render_policy_crd() -> str:
+    return _render(policy_crd_manifest, "src/datamix/policy.py")
+
+
 def rendered_crd_files() -> dict[Path, str]:
     """Every generated CRD file and its content."""
-    return {**{p: render_crd() for p in CRD_FILES}, **{p: render_sweep_crd() for p in SWEEP_CRD_FILES}}
+    return {
+        **{p: render_crd() for p in CRD_FILES},
+        **{p: render_sweep_crd() for p in SWEEP_CRD_FILES},
+        **{p: render_policy_crd() for p in POLICY_CRD_FILES},
+    }
 
 
 def generated_files() -> dict[Path, str]:

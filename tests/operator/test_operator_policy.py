@@ -79,16 +79,23 @@ def test_a_job_over_the_size_limit_stalls_too_large() -> None:
     assert kube.configmaps() == []
 
 
-def test_policy_loads_from_a_configmap_file_and_a_mounted_directory(tmp_path: Path) -> None:
-    data = TEST_POLICY.configmap_data()
-    file = tmp_path / "policy.yaml"
-    file.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"}, "data": data}))
-    assert load_policy(file) == TEST_POLICY
+def test_policy_loads_from_the_object_its_configmap_and_the_mounted_configmap(tmp_path: Path) -> None:
+    policy = {"apiVersion": "datamix.io/v1alpha1", "kind": "DataMixPolicy", "metadata": {"name": "p"},
+              "spec": TEST_POLICY.spec()}
+    (tmp_path / "object.yaml").write_text(yaml.safe_dump(policy))
+    assert load_policy(tmp_path / "object.yaml") == TEST_POLICY
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p"},
+                 "data": {"policy.yaml": yaml.safe_dump(policy)}}
+    (tmp_path / "configmap.yaml").write_text(yaml.safe_dump(configmap))
+    assert load_policy(tmp_path / "configmap.yaml") == TEST_POLICY
     mounted = tmp_path / "mounted"
-    (mounted / "..2026_01_01").mkdir(parents=True)
-    for key, value in data.items():
-        (mounted / key).write_text(value)
+    mounted.mkdir()
+    (mounted / "policy.yaml").write_text(yaml.safe_dump(policy))
     assert load_policy(mounted) == TEST_POLICY
-    (mounted / "volumeSource").write_text("hostPath")
+    policy["spec"]["volumeSource"] = ["hostPath"]
+    (mounted / "policy.yaml").write_text(yaml.safe_dump(policy))
     with pytest.raises(UserError, match="unknown policy parameter"):
         load_policy(mounted)
+    (tmp_path / "other.yaml").write_text("x: 1\n")
+    with pytest.raises(UserError, match="expected a DataMixPolicy"):
+        load_policy(tmp_path / "other.yaml")

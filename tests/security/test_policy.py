@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from datamix.crd import POLICY_FILE, generated_files
-from datamix.policy import VALIDATIONS, PolicyParams, admission_policy_spec, violations
+from datamix.policy import ADMISSION_RULES, OPERATOR_RULES, PolicyParams, admission_policy_spec, violations
 from tests.security.abusive_manifests import ABUSIVE_MANIFESTS, TEST_POLICY, benign_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_table_covers_every_rule_and_is_large_enough() -> None:
     # chart's defaults (PVC only) refuse the same manifests by source.
     defaults = replace(PolicyParams(), imagePrefixes=("datamix-trainer",))
     hit |= {v.rule for _, m, _, _ in ABUSIVE_MANIFESTS for v in violations(m, defaults)}
-    assert hit == {v.name for v in VALIDATIONS}
+    assert hit == {v.name for v in OPERATOR_RULES} == {v.name for v in ADMISSION_RULES}
 
 
 def test_each_abusive_manifest_breaks_only_rules_of_its_own_field() -> None:
@@ -93,15 +93,17 @@ def test_image_prefixes(image: str, allowed: bool) -> None:
     assert (violations(manifest, TEST_POLICY) == []) == allowed
 
 
-def test_params_round_trip_through_a_configmap() -> None:
-    assert PolicyParams.from_configmap_data(TEST_POLICY.configmap_data()) == TEST_POLICY
-    assert PolicyParams.from_configmap_data({"tolerationKeys": " a , ,b "}).tolerationKeys == ("a", "b")
+def test_params_round_trip_through_a_policy_object() -> None:
+    assert PolicyParams.from_spec(TEST_POLICY.spec()) == TEST_POLICY
+    assert PolicyParams.from_spec({"tolerationKeys": ["a", "b"]}).tolerationKeys == ("a", "b")
     with pytest.raises(ValueError, match="unknown policy parameter"):
-        PolicyParams.from_configmap_data({"volumeSource": "hostPath"})
+        PolicyParams.from_spec({"volumeSource": ["hostPath"]})
+    with pytest.raises(ValueError, match="list of strings"):
+        PolicyParams.from_spec({"volumeSources": "hostPath"})
     with pytest.raises(ValueError, match="secretReferences"):
-        PolicyParams.from_configmap_data({"secretReferences": "Sometimes"})
+        PolicyParams.from_spec({"secretReferences": "Sometimes"})
     with pytest.raises(ValueError, match="volumeSources"):
-        PolicyParams.from_configmap_data({"volumeSources": "emptyDir"})
+        PolicyParams.from_spec({"volumeSources": ["emptyDir"]})
 
 
 def test_chart_policy_is_the_generated_policy() -> None:
@@ -112,10 +114,24 @@ def test_chart_policy_is_the_generated_policy() -> None:
 def test_values_document_every_policy_parameter() -> None:
     """values.yaml's `policy` section feeds every parameter (templates/policy-configmap.yaml)."""
     template = (REPO / "helm/datamix/templates/policy-configmap.yaml").read_text()
-    for key in PolicyParams().configmap_data():
+    for key in PolicyParams().spec():
         assert f"  {key}: " in template, key
     values = yaml.safe_load((REPO / "helm/datamix/values.yaml").read_text())["policy"]
     defaults = PolicyParams()
     for key in ("volumeSources", "hostPathPrefixes", "nfsServers", "tolerationKeys", "priorityClassNames",
                 "reservedPrefixes"):
         assert tuple(values[key]) == getattr(defaults, key), key
+
+
+def test_admission_checks_every_secret_reference_the_schema_allows() -> None:
+    """The API server cannot call the authorizer in a message, so there is one rule per position
+    of spec.env and spec.imagePullSecrets; the schema's maxItems bounds both lists."""
+    from datamix.schema import SPEC
+
+    fields = {v.field for v in ADMISSION_RULES}
+    for i in range(SPEC["properties"]["env"]["maxItems"]):
+        assert f"spec.env[{i}].valueFrom.secretKeyRef.name" in fields
+    for i in range(SPEC["properties"]["imagePullSecrets"]["maxItems"]):
+        assert f"spec.imagePullSecrets[{i}].name" in fields
+    assert all("authorizer" not in v.message for v in ADMISSION_RULES)
+    assert all("authorizer" not in v.expression for v in OPERATOR_RULES)

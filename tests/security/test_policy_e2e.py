@@ -34,7 +34,8 @@ from operator_e2e import (
 from shiplib import HELM_MISSING, by_kind, helm_bin, render
 
 from datamix import GROUP, PLURAL, VERSION
-from datamix.policy import PolicyParams
+from datamix.crd import POLICY_CRD_FILE_NAME
+from datamix.policy import POLICY_PLURAL, PolicyParams
 from tests.security.abusive_manifests import (
     ABUSIVE_MANIFESTS,
     SECRET_THE_USER_CANNOT_READ,
@@ -46,12 +47,12 @@ from tests.security.abusive_manifests import (
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)]
 
 TENANT = "policy-e2e-tenant"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def policy_values(params: PolicyParams, admission: bool) -> dict[str, Any]:
     """The chart's `policy` values that render `params`."""
-    data = params.configmap_data()
-    values: dict[str, Any] = {k: [i for i in data[k].split(",") if i] for k in data if k != "secretReferences"}
+    values: dict[str, Any] = {k: v for k, v in params.spec().items() if k != "secretReferences"}
     values["admission"] = admission
     if not admission:
         values["secretReferencesWithoutAdmission"] = params.secretReferences
@@ -97,6 +98,8 @@ def stored(api: Any, ns: str) -> list[str]:
 @pytest.fixture(scope="module")
 def crd(cluster: clusterlib.Cluster) -> None:
     apply_crd(cluster)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / POLICY_CRD_FILE_NAME))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{POLICY_PLURAL}.{GROUP}", "--timeout=60s")
 
 
 def test_the_tenant_may_do_nothing_else(cluster: clusterlib.Cluster, k8s_client: Any, crd: None) -> None:
@@ -108,8 +111,8 @@ def test_the_tenant_may_do_nothing_else(cluster: clusterlib.Cluster, k8s_client:
         assert can("create", f"{PLURAL}.{GROUP}") == "yes"
         assert can("create", "pods") == "no"
         assert can("create", "pytorchjobs.kubeflow.org") == "no"
-        assert can("get", "secrets", SECRET_THE_USER_CANNOT_READ) == "no"
-        assert can("get", "secrets", SECRET_THE_USER_MAY_READ) == "yes"
+        assert can("get", f"secrets/{SECRET_THE_USER_CANNOT_READ}") == "no"
+        assert can("get", f"secrets/{SECRET_THE_USER_MAY_READ}") == "yes"
     finally:
         clusterlib.delete_namespace(k8s_client, ns)
 
@@ -128,16 +131,17 @@ def admission_ns(cluster: clusterlib.Cluster, k8s_client: Any, crd: None,
                    "policy": policy_values(TEST_POLICY, admission=True)},
                   tmp_path_factory.mktemp("values"), release=release, namespace=release_ns)
     objects = [*by_kind(docs, "ValidatingAdmissionPolicy"), *by_kind(docs, "ValidatingAdmissionPolicyBinding"),
-               *[d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy")]]
+               *by_kind(docs, "DataMixPolicy")]
     assert len(objects) == 3
     text = yaml.safe_dump_all(objects)
     res = cluster.kubectl("apply", "-f", "-", input=text, check=False)
     assert res.returncode == 0, res.stderr
     try:
-        # The API server compiles a new policy and starts enforcing it within a few seconds.
-        probe = named(ABUSIVE_MANIFESTS[0][1], "probe")
-        wait_for(lambda: as_tenant_create(cluster, ns, probe, dry_run=True).returncode != 0, 60,
-                 description="the admission policy in force")
+        # The API server compiles a new policy and starts enforcing it within a few seconds; until
+        # its informer has the parameters it refuses everything ("no params found").
+        _, probe, field, _ = ABUSIVE_MANIFESTS[0]
+        wait_for(lambda: f"{field}: " in as_tenant_create(cluster, ns, named(probe, "probe"), dry_run=True).stderr,
+                 60, description="the admission policy in force with its parameters")
         yield ns
     finally:
         cluster.kubectl("delete", "--ignore-not-found", "-f", "-", input=text, check=False)
@@ -193,8 +197,9 @@ def operator_ns(cluster: clusterlib.Cluster, k8s_client: Any, crd: None, tmp_pat
     # The parameters exactly as the chart renders them with policy.admission=false.
     docs = render({"watchNamespaces": [ns], "policy": policy_values(TEST_POLICY, admission=False)}, tmp_path)
     assert not by_kind(docs, "ValidatingAdmissionPolicy")
+    assert not by_kind(docs, "DataMixPolicy")
     (params,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-policy")]
-    assert params["data"]["secretReferences"] == "Refused"
+    assert yaml.safe_load(params["data"]["policy.yaml"])["spec"]["secretReferences"] == "Refused"
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(params))
     op = OperatorProcess(operator_kubeconfig(cluster), [ns], extra_args=["--policy", str(policy_file)])

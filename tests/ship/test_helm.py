@@ -16,7 +16,14 @@ import pytest
 import yaml
 from shiplib import CHART, HELM_MISSING, KUBE_VERSION, REPO, by_kind, helm, helm_bin, one, render, values_args
 
-from datamix.crd import CRD_FILE_NAME, SWEEP_CRD_FILE_NAME, render_crd, render_sweep_crd
+from datamix.crd import (
+    CRD_FILE_NAME,
+    POLICY_CRD_FILE_NAME,
+    SWEEP_CRD_FILE_NAME,
+    render_crd,
+    render_policy_crd,
+    render_sweep_crd,
+)
 
 needs_helm = pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)
 
@@ -96,7 +103,9 @@ def test_chart_crd_is_the_generated_crd() -> None:
     assert chart_copy == (REPO / "crds" / CRD_FILE_NAME).read_text(), "run `datamix crd --write`"
     assert chart_copy == render_crd(), "run `datamix crd --write`"
     assert (CHART / "crds" / SWEEP_CRD_FILE_NAME).read_text() == render_sweep_crd(), "run `datamix crd --write`"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted([CRD_FILE_NAME, SWEEP_CRD_FILE_NAME])
+    assert (CHART / "crds" / POLICY_CRD_FILE_NAME).read_text() == render_policy_crd(), "run `datamix crd --write`"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(
+        [CRD_FILE_NAME, SWEEP_CRD_FILE_NAME, POLICY_CRD_FILE_NAME])
 
 
 def test_chart_dashboard_is_the_generated_dashboard() -> None:
@@ -165,14 +174,14 @@ def test_template_includes_crds_for_argocd(tmp_path: Path) -> None:
 
     docs = render_docs({}, tmp_path, include_crds=True)
     names = sorted(d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition"))
-    assert names == ["datamixtureexperiments.datamix.io", "datamixturesweeps.datamix.io"]
+    assert names == ["datamixpolicies.datamix.io", "datamixtureexperiments.datamix.io", "datamixturesweeps.datamix.io"]
 
 
 @needs_helm
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_every_object_is_namespaced_explicitly(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
-                      "ValidatingAdmissionPolicyBinding"}
+                      "ValidatingAdmissionPolicyBinding", "DataMixPolicy"}
     for doc in rendered[name]:
         meta = doc["metadata"]
         assert ("namespace" in meta) == (doc["kind"] not in cluster_scoped), (doc["kind"], meta)
@@ -318,7 +327,8 @@ def test_policy_objects(name: str, rendered: dict[str, list[dict[str, Any]]]) ->
     values = VALUE_SETS[name]
     docs = rendered[name]
     (params_cm,) = [m for m in by_kind(docs, "ConfigMap") if m["metadata"]["name"].endswith("-policy")]
-    params = PolicyParams.from_configmap_data(params_cm["data"])
+    mounted = yaml.safe_load(params_cm["data"]["policy.yaml"])
+    params = PolicyParams.from_spec(mounted["spec"])
     policy_values = values.get("policy", {})
     admission = policy_values.get("admission", True)
     assert params.secretReferences == ("CheckedAtAdmission" if admission else "Refused")
@@ -336,14 +346,15 @@ def test_policy_objects(name: str, rendered: dict[str, list[dict[str, Any]]]) ->
     policies = by_kind(docs, "ValidatingAdmissionPolicy")
     bindings = by_kind(docs, "ValidatingAdmissionPolicyBinding")
     if not admission:
-        assert not policies and not bindings
+        assert not policies and not bindings and not by_kind(docs, "DataMixPolicy")
         return
+    # The admission policy's parameters are the very object the operator reads.
+    assert one(docs, "DataMixPolicy") == mounted
     (policy,), (binding,) = policies, bindings
     assert policy["spec"] == admission_policy_spec()
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
-    assert binding["spec"]["paramRef"] == {"name": params_cm["metadata"]["name"], "namespace": "datamix-system",
-                                           "parameterNotFoundAction": "Deny"}
+    assert binding["spec"]["paramRef"] == {"name": mounted["metadata"]["name"], "parameterNotFoundAction": "Deny"}
     if watched(values):
         (expr,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
         assert expr == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": watched(values)}
@@ -362,7 +373,7 @@ def test_policy_allows_the_trainer_images_repository_by_default(trainer_image: s
                                                                 tmp_path: Path) -> None:
     docs = render({"trainerImage": trainer_image} if trainer_image else {}, tmp_path)
     (params,) = [m for m in by_kind(docs, "ConfigMap") if m["metadata"]["name"].endswith("-policy")]
-    assert params["data"]["imagePrefixes"] == prefix
+    assert yaml.safe_load(params["data"]["policy.yaml"])["spec"]["imagePrefixes"] == [prefix]
 
 
 @needs_helm
@@ -395,6 +406,9 @@ def test_rendered_chart_is_accepted_by_the_api_server(name: str, cluster: Any, k
     if values.get("watchNamespaces"):
         values["watchNamespaces"] = [clusterlib.create_namespace(k8s_client, "chart-watched") for _ in range(2)]
         created += values["watchNamespaces"]
+    # The chart's own kinds need their CRDs (the DataMixPolicy object).
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds" / POLICY_CRD_FILE_NAME))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/datamixpolicies.datamix.io", "--timeout=60s")
     try:
         docs = render(values, tmp_path, release=clusterlib.unique_name("dmx", 20), namespace=created[0])
         res = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs), check=False)

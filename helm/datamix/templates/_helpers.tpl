@@ -129,7 +129,7 @@ empty when `clusterWide` is true (every namespace).
 {{- end }}
 {{- end }}
 
-{{/* Name of the policy's parameters (a ConfigMap in the release namespace). */}}
+{{/* Name of the policy's parameters: the DataMixPolicy object and the operator's ConfigMap copy. */}}
 {{- define "datamix.policyName" -}}
 {{- printf "%s-policy" (include "datamix.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -140,9 +140,9 @@ The images experiments may name: `policy.imagePrefixes`, else the repository of 
 */}}
 {{- define "datamix.policyImagePrefixes" -}}
 {{- if .Values.policy.imagePrefixes }}
-{{- join "," .Values.policy.imagePrefixes }}
+{{- toJson .Values.policy.imagePrefixes }}
 {{- else }}
 {{- $noDigest := regexReplaceAll "@.*$" (default "datamix-trainer" .Values.trainerImage) "" }}
-{{- regexReplaceAll ":[^:/]*$" $noDigest "" }}
+{{- list (regexReplaceAll ":[^:/]*$" $noDigest "") | toJson }}
 {{- end }}
 {{- end }}
