@@ -145,6 +145,11 @@ class OperatorProcess:
 @pytest.fixture(scope="module")
 def crd_installed(cluster: clusterlib.Cluster) -> None:
     install_crd(cluster)
+    sweep_crd = os.environ.get("DATAMIX_E2E_SWEEP_CRD") or str(REPO / "crds" / "datamix.io_datamixturesweeps.yaml")
+    res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", sweep_crd, check=False)
+    assert res.returncode == 0, f"the API server refuses {sweep_crd}:\n{res.stderr}"
+    clusterlib.wait_for(lambda: "datamixturesweeps" in cluster.kubectl(
+        "api-resources", "--api-group=datamix.io", "-o", "name").stdout, 60, description="sweep CRD served")
 
 
 @pytest.fixture
@@ -314,11 +319,47 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
             assert argocd_health(done)["status"] == "Healthy"
             log = Path(op.log_path).read_text(errors="replace")
             assert "Forbidden" not in log and "403" not in log, log[-4000:]
+
+        # A DataMixtureSweep under the same token: trials and the final run created, the fit, the
+        # sweep's status written (the sweep rows of the RBAC table).
+        with E2EOperator(kubeconfig=kubeconfig, namespaces=[ns_watched], log_dir=tmp_path) as op:
+            sweep_scenario(k8s_client, ns_watched)
+            log = Path(op.log_path).read_text(errors="replace")
+            assert "Forbidden" not in log and "403" not in log, log[-4000:]
     finally:
         if operator is not None:
             operator.stop()
             print(operator.log_text()[-3000:])
         delete(cluster, [d for d in docs if d["kind"].startswith("Cluster")])
+
+
+def sweep_scenario(api: Any, namespace: str) -> None:
+    """A small sweep (4 trials, 2 at a time, a final run) played by the sweep tests' fake trainer."""
+    pytest.importorskip("datamix.search.proposer")
+    from kubernetes import client
+
+    from tests.sweep.fake_trainer import FakeTrainer, hold_pods
+
+    spec = experiment("unused")["spec"]
+    spec["datasets"]["mixture"] = [
+        {"name": n, "path": f"{n}/part_0_text_document", "weight": 1, "validationPath": f"{n}/valid_text_document"}
+        for n in ("web", "code", "math")]
+    hold_pods(spec)
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object("datamix.io", "v1alpha1", namespace, "datamixturesweeps", {
+        "apiVersion": "datamix.io/v1alpha1", "kind": "DataMixtureSweep", "metadata": {"name": "rbac-sweep"},
+        "spec": {"experiment": spec, "search": {"trials": 4, "parallelism": 2, "seed": 5}, "final": {}}})
+
+    def phase() -> str | None:
+        obj = custom.get_namespaced_custom_object("datamix.io", "v1alpha1", namespace, "datamixturesweeps",
+                                                  "rbac-sweep")
+        return (obj.get("status") or {}).get("phase")
+
+    with FakeTrainer(api, namespace) as trainer:
+        clusterlib.wait_for(lambda: phase() in ("Succeeded", "Failed"), 300, description="sweep finished")
+        assert not trainer.errors, trainer.errors
+    assert phase() == "Succeeded"
+    assert {"rbac-sweep-t000", "rbac-sweep-t003", "rbac-sweep-final"} <= set(trainer.played)
 
 
 def test_clusterwide_rbac_can_i_table(cluster: clusterlib.Cluster, crd_installed: None,
