@@ -36,6 +36,7 @@ from datamix.runspec import (
     RUN_SPEC_KEY,
     RUN_SPEC_MOUNT_DIR,
     RUN_SPEC_PATH,
+    SHM_MOUNT_PATH,
     TERMINATION_LOG_PATH,
     TRAINER_COMMAND,
 )
@@ -240,7 +241,7 @@ def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any
     mounts: list[dict[str, Any]] = [
         {"name": RUN_SPEC_VOLUME, "mountPath": RUN_SPEC_MOUNT_DIR, "readOnly": True},
         {"name": OUTPUT_VOLUME, "mountPath": output.get("path", DEFAULT_OUTPUT_PATH)},
-        {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+        {"name": SHM_VOLUME, "mountPath": SHM_MOUNT_PATH},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": RUN_SPEC_VOLUME, "configMap": {"name": plan.name}},

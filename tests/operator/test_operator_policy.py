@@ -99,3 +99,21 @@ def test_policy_loads_from_the_object_its_configmap_and_the_mounted_configmap(tm
     (tmp_path / "other.yaml").write_text("x: 1\n")
     with pytest.raises(UserError, match="expected a DataMixPolicy"):
         load_policy(tmp_path / "other.yaml")
+
+
+def test_every_path_the_operator_mounts_is_reserved_in_the_schema() -> None:
+    """The schema keeps baseDir and output.path clear of OPERATOR_MOUNT_PATHS; a mount the renderer
+    adds without registering it there would let a user's volume collide with it."""
+    from datamix_operator.render import DATA_VOLUME, OUTPUT_VOLUME, render_children
+
+    from datamix.runspec import OPERATOR_MOUNT_PATHS
+
+    body = manifest()
+    _, job = render_children(body, "ns")
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        user_volumes = {DATA_VOLUME, OUTPUT_VOLUME}
+        for container in pod["containers"]:
+            own = {m["mountPath"] for m in container["volumeMounts"] if m["name"] not in user_volumes}
+            own.add(container["terminationMessagePath"])
+            assert own <= set(OPERATOR_MOUNT_PATHS), own - set(OPERATOR_MOUNT_PATHS)
