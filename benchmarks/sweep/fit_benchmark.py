@@ -24,9 +24,14 @@ import numpy as np
 from datamix.search.fit import fit_and_propose
 from datamix.search.proposer import propose
 from datamix.search.regression import cross_validated_spearman, fit
-from datamix.search.sampler import prior_shares, trial_mixtures
+from datamix.search.sampler import trial_mixtures
 from datamix.search.simplex import Bounds
 from datamix.search.table import TrialTable
+
+
+def normalised(weights: object) -> np.ndarray:
+    w = np.asarray(weights, dtype=float)
+    return np.asarray(w / w.sum())
 
 
 def main() -> None:
@@ -41,7 +46,7 @@ def main() -> None:
     np.fill_diagonal(t, rng.uniform(-3.0, -1.0, d))
     c = rng.uniform(1.0, 3.0, d)
     names = tuple(f"domain-{i:03d}" for i in range(d))
-    prior = prior_shares(rng.uniform(0.2, 3.0, d))
+    prior = normalised(rng.uniform(0.2, 3.0, d))
     bounds = Bounds.make(names)
 
     start = time.perf_counter()

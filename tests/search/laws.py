@@ -59,6 +59,12 @@ class PowerTransferLaw:
         return (-self.alpha * self.b * base ** (-self.alpha - 1) * w) @ self.m
 
 
+def normalised(weights: object) -> np.ndarray:
+    """Weights as shares (a prior for the tests)."""
+    w = np.asarray(weights, dtype=float)
+    return np.asarray(w / w.sum())
+
+
 def true_optimum(
     law: MixingLaw | PowerTransferLaw | QuadraticLaw, w: np.ndarray, bounds: Bounds
 ) -> tuple[np.ndarray, float]:

@@ -9,10 +9,10 @@ import pytest
 
 from datamix.search.fit import fit_and_propose
 from datamix.search.regression import cross_validated_spearman
-from datamix.search.sampler import prior_shares, trial_mixtures
+from datamix.search.sampler import trial_mixtures
 from datamix.search.simplex import Bounds, project, uniform
 from datamix.search.table import TrialTable
-from tests.search.laws import LAWS, true_optimum
+from tests.search.laws import LAWS, normalised, true_optimum
 
 NOISE = 0.002  # relative noise of an observed loss (seed-to-seed spread of a small proxy)
 
@@ -36,7 +36,7 @@ def test_loglinear_proposal_is_within_one_percent_of_the_true_optimum(
 ) -> None:
     rng = np.random.default_rng(seed)
     law = LAWS[family].random(rng, domains)
-    prior = prior_shares(rng.uniform(0.2, 3.0, domains))
+    prior = normalised(rng.uniform(0.2, 3.0, domains))
     bounds = Bounds.make(tuple(f"d{i}" for i in range(domains)))
     table = make_table(law, prior, bounds, trials, seed)
     weights = np.full(domains, 1.0 / domains)
@@ -60,7 +60,7 @@ def test_a_target_domain_held_at_share_zero_under_bounds(family: str) -> None:
     law = LAWS[family].random(rng, 6)
     names = tuple(f"d{i}" for i in range(6))
     bounds = Bounds.make(names, {"d0": 0.05}, {"d1": 0.0, "d2": 0.3})
-    prior = project(prior_shares(rng.uniform(0.2, 3.0, 6)), bounds)[0]
+    prior = project(normalised(rng.uniform(0.2, 3.0, 6)), bounds)[0]
     table = make_table(law, prior, bounds, 48, 7)
     objective = {"d1": 1.0, "d3": 1.0}
     weights = np.array([0.0, 0.5, 0.0, 0.5, 0.0, 0.0])
@@ -94,7 +94,7 @@ def test_the_repetition_cap_bounds_a_small_domain() -> None:
 def test_prior_and_uniform_predictions_are_reported() -> None:
     rng = np.random.default_rng(4)
     law = LAWS["power-transfer"].random(rng, 6)
-    prior = prior_shares(rng.uniform(0.2, 3.0, 6))
+    prior = normalised(rng.uniform(0.2, 3.0, 6))
     table = make_table(law, prior, Bounds.make(tuple(f"d{i}" for i in range(6))), 40, 4)
     result = fit_and_propose(table, prior=prior)
     weights = np.full(6, 1 / 6)
@@ -122,7 +122,7 @@ def test_lightgbm_regression_fits_and_proposes_within_bounds() -> None:
     law = LAWS["power-transfer"].random(rng, 6)
     names = tuple(f"d{i}" for i in range(6))
     bounds = Bounds.make(names, None, {"d2": 0.3})
-    prior = project(prior_shares(rng.uniform(0.2, 3.0, 6)), bounds)[0]
+    prior = project(normalised(rng.uniform(0.2, 3.0, 6)), bounds)[0]
     table = make_table(law, prior, bounds, 96, 6)
     weights = np.full(6, 1 / 6)
     result = fit_and_propose(table, regression="lightgbm", max_share={"d2": 0.3}, prior=prior)

@@ -10,12 +10,13 @@ import pytest
 
 from datamix.errors import UserError
 from datamix.experiment import build_run_spec
-from datamix.search.sampler import prior_shares, trial_mixture, trial_mixtures
+from datamix.search.sampler import trial_mixture, trial_mixtures
 from datamix.search.simplex import Bounds
 from datamix.search.sweep import ZERO_SHARE_WEIGHT, load_sweep
+from tests.search.laws import normalised
 
 DOMAINS = ("a", "b", "c", "d", "e", "f")
-PRIOR = prior_shares([3.0, 1.5, 1.2, 0.8, 0.5, 0.3])
+PRIOR = normalised([3.0, 1.5, 1.2, 0.8, 0.5, 0.3])
 
 
 def test_trial_mixture_depends_on_seed_and_index_only() -> None:

@@ -14,8 +14,6 @@ the bounds, so that tight bounds cost bounded time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from datamix.search.simplex import Bounds, exact_sum, project
@@ -26,11 +24,6 @@ MAX_STRENGTH = 5.0
 ATTEMPTS = 64
 # numpy's Dirichlet needs every parameter > 0; a domain with a tiny prior is still drawn, rarely.
 MIN_ALPHA = 1e-3
-
-
-def prior_shares(weights: Sequence[float]) -> np.ndarray:
-    w = np.asarray(weights, dtype=float)
-    return np.asarray(w / w.sum())
 
 
 def trial_mixture(seed: int, index: int, prior: np.ndarray, bounds: Bounds, sampler: str = "dirichlet") -> np.ndarray:

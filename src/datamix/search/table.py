@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +158,3 @@ def objective_weights(table: TrialTable, weights: dict[str, float] | None, field
     if vector.sum() <= 0:
         raise UserError(f"{field}: every weight is 0; give at least one domain a weight above 0")
     return np.asarray(vector / vector.sum())
-
-
-def subset_columns(names: Sequence[str], wanted: Sequence[str]) -> list[int]:
-    return [list(names).index(n) for n in wanted]
