@@ -27,7 +27,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from datamix.sweep_schema import SWEEP_KIND
     from datamix.validation import validate_manifest
 
-    problems = validate_manifest(load_manifest(args.file, kinds=(KIND, SWEEP_KIND)))
+    manifest = load_manifest(args.file, kinds=(KIND, SWEEP_KIND))
+    problems: list[object] = list(validate_manifest(manifest))
+    if args.policy and not problems and manifest.get("kind") == KIND:
+        from datamix_operator.admission import load_policy
+
+        from datamix.policy import violations
+
+        # As the operator sees it: Secret references follow the policy's secretReferences.
+        problems += violations(manifest, load_policy(args.policy))
     for problem in problems:
         print(f"{args.file}: {problem}", file=sys.stderr)
     if problems:
@@ -115,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check an experiment or sweep manifest offline against its CRD")
     p.add_argument("file")
+    p.add_argument(
+        "--policy", metavar="PATH",
+        help="also check an experiment against a DataMix policy (a DataMixPolicy YAML, or the chart's policy "
+        "ConfigMap), as the operator does",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print every object the operator creates for a manifest")

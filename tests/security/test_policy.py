@@ -135,3 +135,23 @@ def test_admission_checks_every_secret_reference_the_schema_allows() -> None:
         assert f"spec.imagePullSecrets[{i}].name" in fields
     assert all("authorizer" not in v.message for v in ADMISSION_RULES)
     assert all("authorizer" not in v.expression for v in OPERATOR_RULES)
+
+
+def test_datamix_validate_checks_a_policy_offline(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"apiVersion": "datamix.io/v1alpha1", "kind": "DataMixPolicy",
+                                      "metadata": {"name": "p"}, "spec": TEST_POLICY.spec()}))
+    _, manifest, field, message = ABUSIVE_MANIFESTS[0]
+    for name, body, code in (("abusive", manifest, 2), ("benign", benign_manifest(), 0)):
+        file = tmp_path / f"{name}.yaml"
+        file.write_text(yaml.safe_dump(body))
+        res = subprocess.run([sys.executable, "-m", "datamix_cli", "validate", str(file), "--policy", str(policy)],
+                             capture_output=True, text=True, check=False)
+        assert res.returncode == code, res.stderr
+        if code:
+            assert res.stderr.count("\n") == 1, res.stderr
+            assert f"{file}: {field}: " in res.stderr
+            assert message in res.stderr
