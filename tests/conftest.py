@@ -3,27 +3,25 @@
 Local Kubernetes control plane (tests marked `cluster`):
   cluster     (session) clusterlib.Cluster: reuses the healthy cluster of our state dir
               ($DATAMIX_CLUSTER_DIR or ~/.cache/datamix/cluster) or starts one with
-              tools/cluster/cluster.py (building the binaries if needed); stops it at the end only
+              `python -m tools.cluster up` (building the binaries if needed); stops it at the end only
               if it started it and no other pytest session is using it (DATAMIX_KEEP_CLUSTER=1
               keeps it running).
   k8s_client  (session) kubernetes.client.ApiClient for that cluster.
   namespace   (function) a fresh namespace per test (default ServiceAccount ready); deleted after,
               waiting until its pods are gone (so the fake GPUs are free for the next test).
-Helpers (wait_for, kubectl, add_fake_nodes, pytorchjob_manifest, ...) are in tests/clusterlib.py.
+Helpers (wait_for, kubectl, add_fake_nodes, pytorchjob_manifest, ...) are in testsupport/clusterlib.py;
+the shared test-support package (testsupport/) is imported from the repository root.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import clusterlib
+from testsupport import clusterlib
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,9 @@ the operator does with the master pods, and the benchmark prints:
 No API server is involved: each `on_change` is one status patch in the operator (at most one per
 run per interval), whose cost is the operator benchmark's (bench_scale.py).
 
-    .venv/bin/python benchmarks/operator/bench_progress.py --runs 1000 --interval 10 --intervals 3
+    .venv/bin/python -m benchmarks.operator.bench_progress --runs 1000 --interval 10 --intervals 3
+
+(from the repository root: it imports tests.trainer.runs and the shared test-support package)
 """
 
 from __future__ import annotations
@@ -25,13 +27,9 @@ import dataclasses
 import multiprocessing
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 
 def exposition(run: str, consumed: int) -> bytes:
@@ -72,20 +70,6 @@ def serve(ports: list[int], progressing: bool, ready: Any) -> None:
     asyncio.run(main())
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
 def pod(port: int) -> dict[str, Any]:
     return {
         "metadata": {"namespace": "bench", "uid": f"pod-{port}", "creationTimestamp": "2026-01-01T00:00:00Z",
@@ -99,6 +83,8 @@ def measure(runs: int, interval: float, intervals: int, workers: int, progressin
     from datamix_operator.metrics import Metrics
     from datamix_operator.progress import ProgressTracker
     from prometheus_client import CollectorRegistry
+
+    from testsupport.ports import free_ports
 
     ports = free_ports(runs)
     ready = multiprocessing.Event()

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Scale benchmark of the operator on the local control plane (tools/cluster), printed figures.
 
-    .venv/bin/python benchmarks/operator/bench_scale.py [--experiments 200] [--gpus 1]
+    .venv/bin/python -m benchmarks.operator.bench_scale [--experiments 200] [--gpus 1]
+
+(from the repository root: it imports the shared test-support package, testsupport/)
 
 1. Adds its own kwok nodes (8 GPUs each, labelled and tainted with a pool id) so that every pod
    of every experiment fits at once.
@@ -28,15 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "operator"))
+from datamix_operator.render import render_children
 
-import clusterlib  # noqa: E402
-from datamix_operator.render import render_children  # noqa: E402
-from operator_e2e import POOL_LABEL, OperatorProcess, apply_crd, e2e_manifest  # noqa: E402
-
-from datamix import GROUP, PLURAL, VERSION  # noqa: E402
+from datamix import GROUP, PLURAL, VERSION
+from testsupport import clusterlib
+from testsupport.experiments import POOL_LABEL, apply_crd, e2e_manifest
+from testsupport.operator_process import OperatorProcess
+from tools.cluster.nodes import H100, fake_node_manifest
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,13 +93,12 @@ class Watcher:
 def add_pool(api: Any, count: int) -> tuple[str, list[str]]:
     from kubernetes import client
 
-    mod = clusterlib.cluster_module()
     pool = uuid.uuid4().hex[:8]
     core = client.CoreV1Api(api)
     names = []
     for i in range(count):
         name = f"bench-{pool}-{i}"
-        body = mod.fake_node_manifest(name, clusterlib.H100, 81559, 8, labels={POOL_LABEL: pool})
+        body = fake_node_manifest(name, H100, 81559, 8, labels={POOL_LABEL: pool})
         body["spec"]["taints"].append({"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"})
         core.create_node(body)
         names.append(name)

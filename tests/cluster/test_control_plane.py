@@ -8,18 +8,22 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from clusterlib import (
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from testsupport.clusterlib import (
     A100,
     H100,
+    add_fake_nodes,
     create_pytorchjob,
+    delete_fake_nodes,
     get_pytorchjob,
     job_condition,
     job_pods,
     pytorchjob_manifest,
+    unique_name,
     wait_for,
 )
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
 
@@ -55,14 +59,17 @@ def test_fake_gpu_pool(k8s_client: Any) -> None:
     by_product: dict[str | None, list[Any]] = {}
     for n in nodes.values():
         by_product.setdefault(n.metadata.labels.get("nvidia.com/gpu.product"), []).append(n)
-    assert len(by_product[H100]) >= 2 and len(by_product[A100]) >= 2 and len(by_product[None]) >= 1
+    counts = {product: len(found) for product, found in by_product.items()}
+    assert counts.get(H100, 0) >= 2, counts
+    assert counts.get(A100, 0) >= 2, counts
+    assert counts.get(None, 0) >= 1, counts
     for n in by_product[H100]:
         assert n.metadata.labels["nvidia.com/gpu.memory"] == "81559"
         assert n.metadata.labels["nvidia.com/gpu.count"] == "8"
         assert n.status.allocatable["nvidia.com/gpu"] == "8"
         assert n.metadata.annotations["kwok.x-k8s.io/node"] == "fake"
         assert [(t.key, t.value, t.effect) for t in n.spec.taints] == [("nvidia.com/gpu", "present", "NoSchedule")]
-        assert any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+        assert ("Ready", "True") in [(c.type, c.status) for c in n.status.conditions], n.metadata.name
     for n in by_product[A100]:
         assert n.metadata.labels["nvidia.com/gpu.memory"] == "40960"
     assert not by_product[None][0].spec.taints
@@ -85,9 +92,12 @@ def test_pytorchjob_scheduled_on_h100_runs_and_succeeds(k8s_client: Any, namespa
                        description="PyTorchJob Running")
     assert running["reason"] == "PyTorchJobRunning"
     master = core.read_namespaced_pod("h100-job-master-0", namespace)
-    assert master.status.phase == "Running" and master.status.pod_ip
+    assert master.status.phase == "Running"
+    assert master.status.pod_ip, "kwok gave the pod an IP"
     env = {e.name: e.value for e in master.spec.containers[0].env or []}
-    assert env["MASTER_ADDR"] == "h100-job-master-0" and env["RANK"] == "0" and "WORLD_SIZE" in env
+    assert env["MASTER_ADDR"] == "h100-job-master-0"
+    assert env["RANK"] == "0"
+    assert "WORLD_SIZE" in env, env
 
     done = wait_for(lambda: job_condition(get_pytorchjob(k8s_client, namespace, "h100-job"), "Succeeded"), 90,
                     description="PyTorchJob Succeeded")
@@ -116,7 +126,8 @@ def test_too_many_gpus_stays_pending_insufficient(k8s_client: Any, namespace: st
         assert c.reason == "Unschedulable"
         assert "Insufficient nvidia.com/gpu" in c.message
     for p in job_pods(k8s_client, namespace, "greedy"):
-        assert p.status.phase == "Pending" and not p.spec.node_name
+        assert p.status.phase == "Pending"
+        assert not p.spec.node_name, f"{p.metadata.name} bound to {p.spec.node_name}"
     assert job_condition(get_pytorchjob(k8s_client, namespace, "greedy"), "Running") is None
 
 
@@ -159,7 +170,9 @@ def test_failing_pod_never_fails_job_with_exit_code(k8s_client: Any, namespace: 
     assert master.status.phase == "Failed"
     assert master.spec.restart_policy == "Never"
     term = _container(master).state.terminated
-    assert term.exit_code == 137 and term.reason == "Error" and term.message == "killed"
+    assert term.exit_code == 137
+    assert term.reason == "Error"
+    assert term.message == "killed"
     job = get_pytorchjob(k8s_client, namespace, "doomed")
     assert job["status"]["replicaStatuses"]["Master"]["failed"] == 1
     assert job["status"].get("completionTime")
@@ -192,8 +205,6 @@ def test_deleting_owner_garbage_collects_job_and_pods(k8s_client: Any, namespace
 
 
 def test_add_fake_nodes_extends_the_pool(k8s_client: Any, namespace: str) -> None:
-    from clusterlib import add_fake_nodes, delete_fake_nodes, unique_name
-
     core = client.CoreV1Api(k8s_client)
     product = "NVIDIA-B200"
     names = add_fake_nodes(k8s_client, 1, product, 183359, 8, unique_name("b200"))

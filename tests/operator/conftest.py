@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clusterlib import A100, H100
-from operator_e2e import A100_MEMORY, H100_MEMORY, OperatorProcess, apply_crd, operator_kubeconfig, private_pool
+from testsupport.clusterlib import A100, H100
+from testsupport.experiments import A100_MEMORY, H100_MEMORY, apply_crd, operator_kubeconfig, private_pool
+from testsupport.operator_process import OperatorProcess
 
 
 @pytest.fixture(scope="session")

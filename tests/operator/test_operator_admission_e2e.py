@@ -5,17 +5,17 @@ inputs only the operator can catch ending Stalled/InvalidSpec."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from clusterlib import create_namespace, delete_namespace
-from operator_e2e import capture, condition, get_experiment, kubectl_apply, list_jobs, wait_condition
 
 from datamix import GROUP, PLURAL, VERSION
+from testsupport.clusterlib import create_namespace, delete_namespace
+from testsupport.experiments import capture, condition, get_experiment, kubectl_apply, list_jobs, wait_condition
+from testsupport.operator_process import DATAMIX
 
 pytestmark = pytest.mark.cluster
 
@@ -61,7 +61,7 @@ def test_imported_seed_baseline_is_accepted(cluster: Any, k8s_client: Any, admis
     if not SEED.is_file():
         pytest.skip(f"{SEED} is absent (the shared seeds are not mounted here)")
     out = tmp_path / "baseline.yaml"
-    subprocess.run([sys.executable, "-m", "datamix_cli", "import", str(SEED), "-o", str(out)], check=True,
+    subprocess.run([DATAMIX, "import", str(SEED), "-o", str(out)], check=True,
                    capture_output=True, text=True)
     manifest = yaml.safe_load(out.read_text())
     res = cluster.kubectl("apply", "-n", admission_ns, "-f", str(out), check=False)

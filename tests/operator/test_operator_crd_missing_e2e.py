@@ -16,8 +16,17 @@ import uuid
 from typing import Any
 
 import pytest
-from clusterlib import wait_for
-from operator_e2e import capture, condition, custom, e2e_manifest, get_experiment, kubectl_apply, wait_condition
+
+from testsupport.clusterlib import wait_for
+from testsupport.experiments import (
+    capture,
+    condition,
+    custom,
+    e2e_manifest,
+    get_experiment,
+    kubectl_apply,
+    wait_condition,
+)
 
 pytestmark = pytest.mark.cluster
 

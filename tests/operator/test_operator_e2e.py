@@ -12,24 +12,23 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from clusterlib import A100, H100, create_namespace, delete_namespace, wait_for
 from datamix_operator.reconcile import CRASH_ENV
-from operator_e2e import (
+
+from datamix import GROUP
+from testsupport.clusterlib import A100, H100, create_namespace, delete_namespace, wait_for
+from testsupport.experiments import (
     A100_MEMORY,
     H100_MEMORY,
-    TRAINER_IMAGE,
     capture,
     condition,
     e2e_manifest,
     get_experiment,
-    http_get,
     kubectl_apply,
     lifecycle_scenario,
     list_configmaps,
@@ -41,8 +40,7 @@ from operator_e2e import (
     wait_condition,
     wait_phase,
 )
-
-from datamix import GROUP
+from testsupport.operator_process import DATAMIX, TRAINER_IMAGE, http_get
 
 pytestmark = pytest.mark.cluster
 
@@ -75,7 +73,7 @@ def test_apply_creates_exactly_one_configmap_and_job_equal_to_datamix_render(
     cluster.kubectl("apply", "-n", namespace, "-f", str(path))
     wait_for(lambda: list_jobs(k8s_client, namespace), 60, description="the PyTorchJob")
     rendered = list(yaml.safe_load_all(subprocess.run(
-        [sys.executable, "-m", "datamix_cli", "render", str(path), "--namespace", namespace],
+        [DATAMIX, "render", str(path), "--namespace", namespace],
         capture_output=True, text=True, check=True,
         env={**os.environ, "DATAMIX_TRAINER_IMAGE": TRAINER_IMAGE},  # the operator's --trainer-image
     ).stdout))

@@ -25,13 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterlib import H100, wait_for
 from datamix_trainer.metrics import TrainerMetrics
-from operator_e2e import condition, core, e2e_manifest, get_experiment, run_name_of, wait_condition, wait_phase
 from prometheus_client import start_http_server
 
 from datamix.runspec import METRICS_PORT, RUN_SPEC_KEY, RunSpec
 from tests.trainer.runs import start_training
+from testsupport.clusterlib import H100, wait_for
+from testsupport.experiments import (
+    condition,
+    core,
+    e2e_manifest,
+    get_experiment,
+    run_name_of,
+    wait_condition,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.cluster
 

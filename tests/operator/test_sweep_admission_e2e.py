@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from clusterlib import create_namespace, delete_namespace
-from operator_e2e import apply_sweep_crd, custom, kubectl_apply
 
 from datamix import GROUP, VERSION
 from datamix.sweep_schema import SWEEP_PLURAL
 from tests.sweep.sweep_manifests import ALLOWED_EDITS, INVALID_SWEEPS, REFUSED_EDITS, valid_sweep
+from testsupport.clusterlib import create_namespace, delete_namespace
+from testsupport.experiments import apply_sweep_crd, custom, kubectl_apply
 
 pytestmark = pytest.mark.cluster
 

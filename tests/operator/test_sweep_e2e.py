@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterlib import wait_for
-from operator_e2e import apply_sweep_crd, capture, core, custom, e2e_manifest, kubectl_apply
 
 from datamix import GROUP, PLURAL, VERSION
 from datamix.sweep_schema import SWEEP_PLURAL
+from testsupport.clusterlib import wait_for
+from testsupport.experiments import apply_sweep_crd, capture, core, custom, e2e_manifest, kubectl_apply
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 pytest.importorskip("datamix.search.proposer", reason="the search engine (datamix.search) is not on this branch")

@@ -1,30 +1,16 @@
 """Live experiments on the local control plane, for the shipping e2e tests: small manifests for
-the fake GPU pool, fake pod outcomes (kwok stage annotations), and an admin view of the results."""
+the fake GPU pool, fake pod outcomes (kwok stage annotations), and an admin view of the results.
+(The CRD is applied with testsupport.experiments.apply_crd, as in the operator's e2e suite.)"""
 
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Any
 
-import clusterlib  # tests/ is on sys.path (tests/conftest.py)
-
+from datamix import GROUP, PLURAL, VERSION
 from datamix.experiment import run_id
 from datamix.runspec import RunResult
-
-GROUP, VERSION, PLURAL = "datamix.io", "v1alpha1", "datamixtureexperiments"
-CRD = Path(__file__).resolve().parents[2] / "crds" / "datamix.io_datamixtureexperiments.yaml"
-
-
-def install_crd(cluster: clusterlib.Cluster) -> None:
-    """The project's CRD (crds/, generated from the schema; $DATAMIX_E2E_CRD overrides it, as in
-    the operator's e2e suite), served before the test goes on."""
-    crd = os.environ.get("DATAMIX_E2E_CRD") or str(CRD)
-    res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", crd, check=False)
-    assert res.returncode == 0, f"the API server refuses {crd}:\n{res.stderr}"
-    clusterlib.wait_for(lambda: "datamixtureexperiments" in cluster.kubectl(
-        "api-resources", "--api-group=datamix.io", "-o", "name").stdout, 60, description="CRD served")
+from testsupport import clusterlib
 
 
 def experiment(name: str, weights: tuple[int, int] = (2, 1)) -> dict[str, Any]:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,18 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import clusterlib  # tests/ is on sys.path (tests/conftest.py)
 import pytest
 import yaml
-from live import GROUP, VERSION, Admin, experiment, install_crd, with_fake_pods
+from live import Admin, experiment, with_fake_pods
 from shiplib import PROMETHEUS_MISSING, REPO, prometheus_bin_dir
+
+from datamix import GROUP, VERSION
+from testsupport import clusterlib
+from testsupport.experiments import apply_crd, apply_sweep_crd
+from testsupport.operator_process import DATAMIX, OperatorProcess
+from testsupport.ports import free_port
 
 PROM_DIR = prometheus_bin_dir()
 pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(900),
               pytest.mark.skipif(PROM_DIR is None, reason=PROMETHEUS_MISSING)]
 
 DASHBOARD = json.loads((REPO / "dashboards" / "datamix.json").read_text())
-DATAMIX = str(Path(sys.executable).parent / "datamix")
 NAMESPACE = "ml-test"  # the scrape's `namespace` label, as a PodMonitor would set it
 SCRAPE_INTERVAL = "1s"
 RATE_INTERVAL = "15s"  # Grafana's $__rate_interval for a 1s scrape is 4 x 1s; more samples are steadier
@@ -103,12 +105,6 @@ def test_every_panel_query_is_covered() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 10) -> str:
@@ -306,7 +302,8 @@ def test_trainer_panels_return_data(trainer_run: TrainerRun, tmp_path: Path) -> 
                             at)["data"]["result"]
         realised = {r["metric"]["dataset"]: float(r["value"][1]) for r in share}
         wanted = {r["metric"]["dataset"]: float(r["value"][1]) for r in target}
-        assert realised.keys() == wanted.keys() and len(wanted) == 6
+        assert realised.keys() == wanted.keys()
+        assert len(wanted) == 6, wanted
         assert all(abs(realised[d] - wanted[d]) < 0.1 for d in wanted), (realised, wanted)
 
         promtool_check_metrics(http_get(f"http://127.0.0.1:{trainer_run.port}/metrics"))
@@ -320,28 +317,20 @@ def test_trainer_panels_return_data(trainer_run: TrainerRun, tmp_path: Path) -> 
 
 @pytest.mark.cluster
 def test_operator_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path) -> None:
-    install_crd(cluster)
+    apply_crd(cluster)
     ns = clusterlib.create_namespace(k8s_client, "dash-operator")
-    metrics_port, liveness_port = free_port(), free_port()
-    log = tmp_path / "operator.log"
-    out = log.open("w")
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    operator = subprocess.Popen(
-        [DATAMIX, "operator", f"--namespace={ns}", "--bind-address=127.0.0.1", f"--metrics-port={metrics_port}",
-         f"--liveness-port={liveness_port}", "--resync-seconds=5"],
-        stdout=out, stderr=subprocess.STDOUT, env=env)
+    operator = OperatorProcess(cluster.kubeconfig, [ns], log_path=tmp_path / "operator.log", resync_seconds=5,
+                               trainer_image=None)
     prom = None
     try:
-        def operator_alive() -> None:
-            assert operator.poll() is None, f"operator exited:\n{log.read_text()[-3000:]}"
-
-        wait(lambda: http_get(f"http://127.0.0.1:{liveness_port}/healthz", 2), 60, "operator healthy", operator_alive)
-        prom = Prometheus(tmp_path, {"operator": (f"127.0.0.1:{metrics_port}", {"namespace": "datamix-system"})})
+        operator.start()
+        prom = Prometheus(tmp_path, {"operator": (f"127.0.0.1:{operator.metrics_port}",
+                                                  {"namespace": "datamix-system"})})
         # One experiment through to Succeeded: runs created/succeeded, phases, reconciles.
         admin = Admin(k8s_client)
         admin.apply(ns, with_fake_pods(experiment("dash-op"), "2s"))
         wait(lambda: admin.status(ns, "dash-op").get("phase") == "Succeeded", 180, "experiment Succeeded",
-             operator_alive)
+             operator.assert_running)
 
         def ready() -> bool:
             doc = prom.api("query", query='count_over_time(datamix_operator_runs_succeeded_total[10s]) >= 5')
@@ -355,16 +344,11 @@ def test_operator_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Pa
         assert not problems, "\n".join(problems)
         phases = prom.query("sum by (phase) (datamix_operator_experiments)", at)["data"]["result"]
         assert {r["metric"]["phase"]: float(r["value"][1]) for r in phases}.get("Succeeded") == 1.0
-        promtool_check_metrics(http_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+        promtool_check_metrics(operator.metrics())
     finally:
         if prom is not None:
             prom.stop()
-        operator.terminate()
-        try:
-            operator.wait(20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        out.close()
+        operator.stop()
         clusterlib.delete_namespace(k8s_client, ns)
 
 
@@ -377,27 +361,16 @@ def test_sweep_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path)
     pytest.importorskip("datamix.search.proposer", reason="the search engine (datamix.search) is not here")
     from tests.sweep.fake_trainer import FakeTrainer, hold_pods
 
-    install_crd(cluster)
-    sweep_crd = os.environ.get("DATAMIX_E2E_SWEEP_CRD") or REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
-    res = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(sweep_crd), check=False)
-    assert res.returncode == 0, res.stderr
-    clusterlib.wait_for(lambda: "datamixturesweeps" in cluster.kubectl(
-        "api-resources", "--api-group=datamix.io", "-o", "name").stdout, 60, description="sweep CRD served")
+    apply_crd(cluster)
+    apply_sweep_crd(cluster)
     ns = clusterlib.create_namespace(k8s_client, "dash-sweep")
-    metrics_port, liveness_port = free_port(), free_port()
-    log = tmp_path / "operator.log"
-    out = log.open("w")
-    operator = subprocess.Popen(
-        [DATAMIX, "operator", f"--namespace={ns}", "--bind-address=127.0.0.1", f"--metrics-port={metrics_port}",
-         f"--liveness-port={liveness_port}", "--resync-seconds=5"],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    operator = OperatorProcess(cluster.kubeconfig, [ns], log_path=tmp_path / "operator.log", resync_seconds=5,
+                               trainer_image=None)
     prom = None
     try:
-        def operator_alive() -> None:
-            assert operator.poll() is None, f"operator exited:\n{log.read_text()[-3000:]}"
-
-        wait(lambda: http_get(f"http://127.0.0.1:{liveness_port}/healthz", 2), 60, "operator healthy", operator_alive)
-        prom = Prometheus(tmp_path, {"operator": (f"127.0.0.1:{metrics_port}", {"namespace": "datamix-system"})})
+        operator.start()
+        prom = Prometheus(tmp_path, {"operator": (f"127.0.0.1:{operator.metrics_port}",
+                                                  {"namespace": "datamix-system"})})
         spec = experiment("unused")["spec"]
         spec["datasets"]["mixture"] = [
             {"name": n, "path": f"{n}/part_0_text_document", "weight": 1, "validationPath": f"{n}/valid_text_document"}
@@ -416,9 +389,9 @@ def test_sweep_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path)
             return str((obj.get("status") or {}).get("phase"))
 
         with FakeTrainer(k8s_client, ns) as trainer:
-            wait(lambda: sweep_phase() in ("Succeeded", "Failed"), 300, "the sweep finished", operator_alive)
+            wait(lambda: sweep_phase() in ("Succeeded", "Failed"), 300, "the sweep finished", operator.assert_running)
             assert not trainer.errors, trainer.errors
-        assert sweep_phase() == "Succeeded", log.read_text()[-3000:]
+        assert sweep_phase() == "Succeeded", operator.log_tail()
 
         def ready() -> bool:
             doc = prom.api("query", query='count_over_time(datamix_operator_sweep_predicted_objective[10s]) >= 5')
@@ -436,14 +409,9 @@ def test_sweep_panels_return_data(cluster: Any, k8s_client: Any, tmp_path: Path)
         assert {r["metric"]["state"]: float(r["value"][1]) for r in trials}["succeeded"] == 6
         objectives = prom.query('datamix_operator_sweep_trial_objective{sweep="dash"}', at)["data"]["result"]
         assert len(objectives) == 6
-        promtool_check_metrics(http_get(f"http://127.0.0.1:{metrics_port}/metrics"))
+        promtool_check_metrics(operator.metrics())
     finally:
         if prom is not None:
             prom.stop()
-        operator.terminate()
-        try:
-            operator.wait(20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-        out.close()
+        operator.stop()
         clusterlib.delete_namespace(k8s_client, ns)

@@ -399,7 +399,7 @@ def test_rendered_chart_is_accepted_by_the_api_server(name: str, cluster: Any, k
                                                       tmp_path: Path) -> None:
     """Server-side dry run of every object (the CRD aside: the API tests cover it) against the real
     API server: schemas, names, RBAC references."""
-    import clusterlib
+    from testsupport import clusterlib
 
     values = copy.deepcopy(VALUE_SETS[name])
     created = [clusterlib.create_namespace(k8s_client, f"chart-{name}")]

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,12 +42,6 @@ def write_spec(spec: RunSpec, directory: Path) -> Path:
     path = directory / "runspec.json"
     path.write_text(spec.to_json())
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

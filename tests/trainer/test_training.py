@@ -19,7 +19,6 @@ import pytest
 
 from datamix.runspec import RunResult, RunSpec
 from tests.trainer.runs import (
-    free_port,
     history,
     kill_when,
     quickstart_spec,
@@ -28,6 +27,7 @@ from tests.trainer.runs import (
     worker_pids,
     write_spec,
 )
+from testsupport.ports import free_port
 
 pytestmark = pytest.mark.training
 

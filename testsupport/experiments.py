@@ -1,13 +1,15 @@
-"""The operator end to end on the local control plane: a reusable harness and scenario.
+"""DataMixtureExperiments on the local control plane, for the operator's e2e tests, the shipping
+tests and the scale benchmark: the CRD, manifests whose pods kwok plays, waits for a phase or a
+condition, private pools of fake GPU nodes, and the lifecycle scenario.
 
-`OperatorProcess` runs `datamix operator --namespace NS` as a subprocess with a given kubeconfig;
 `lifecycle_scenario` applies an experiment and follows it Pending -> Running -> Succeeded with
 the run result in its status. The Helm/RBAC tests run the same scenario with the chart's
 ServiceAccount (see docs/operator.md, "Running the e2e scenario with another identity"):
 
-    from operator_e2e import OperatorProcess, lifecycle_scenario
+    from testsupport.experiments import lifecycle_scenario
+    from testsupport.operator_process import OperatorProcess
     with OperatorProcess(kubeconfig=sa_kubeconfig, namespaces=[ns]) as op:
-        lifecycle_scenario(api, ns)
+        lifecycle_scenario(api, cluster, ns, op=op)
 
 Everything here talks to the API server with the `kubernetes` client or the built kubectl.
 """
@@ -17,153 +19,35 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import clusterlib
 import yaml
-from clusterlib import FAKE_DURATION, FAKE_EXIT_CODE, FAKE_MESSAGE, H100, wait_for
 from datamix_operator.render import render_children
 
 from datamix import GROUP, PLURAL, VERSION
 from datamix.runspec import RunResult
 from datamix.sweep_schema import SWEEP_PLURAL
+from testsupport import clusterlib
+from testsupport.clusterlib import FAKE_DURATION, FAKE_EXIT_CODE, FAKE_MESSAGE, wait_for
+from testsupport.operator_process import OperatorProcess
+from tools.cluster.nodes import H100, fake_node_manifest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "datamix.io_datamixtureexperiments.yaml"
 SWEEP_CRD_FILE = REPO / "crds" / "datamix.io_datamixturesweeps.yaml"
-CAPTURE_DIR = Path(__file__).resolve().parent / "captured"
+CAPTURE_DIR = REPO / "tests" / "operator" / "captured"
 POOL_LABEL = "datamix.io/e2e-pool"
 KUBECONFIG_ENV = "DATAMIX_E2E_KUBECONFIG"
-TRAINER_IMAGE = "datamix/fake-trainer:0"
 H100_MEMORY, A100_MEMORY = 81559, 40960  # MiB, as GPU Feature Discovery reports them
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ----------------------------------------------------------------------------------------------
-# the operator as a subprocess
-
-
-class OperatorProcess:
-    """`datamix operator` in a subprocess: start, wait until live, kill, restart, read metrics."""
-
-    def __init__(
-        self,
-        kubeconfig: str | Path,
-        namespaces: Sequence[str],
-        *,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        log_dir: Path | None = None,
-        resync_seconds: float = 15.0,
-    ) -> None:
-        self.kubeconfig = str(kubeconfig)
-        self.namespaces = list(namespaces)
-        self.extra_args = list(extra_args)
-        self.env = dict(env or {})
-        self.resync_seconds = resync_seconds
-        self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "datamix-operator-e2e"
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.liveness_port = 0
-        self.metrics_port = 0
-        self.starts = 0
-        self.log_path = self.log_dir / f"operator-{'-'.join(self.namespaces)[:60]}-{uuid.uuid4().hex[:6]}.log"
-
-    def start(self, env: Mapping[str, str] | None = None, wait: bool = True) -> OperatorProcess:
-        self.liveness_port, self.metrics_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "datamix_cli", "operator"]
-        for ns in self.namespaces:
-            cmd += ["--namespace", ns]
-        cmd += [
-            "--trainer-image", TRAINER_IMAGE,
-            "--bind-address", "127.0.0.1",
-            "--liveness-port", str(self.liveness_port),
-            "--metrics-port", str(self.metrics_port),
-            "--resync-seconds", str(self.resync_seconds),
-            *self.extra_args,
-        ]
-        full_env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
-        self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"### start {self.starts}: {' '.join(cmd)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
-                                         stdin=subprocess.DEVNULL)
-        if wait:
-            self.wait_live()
-        return self
-
-    def wait_live(self, timeout: float = 60) -> None:
-        def live() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise AssertionError(f"the operator exited ({self.returncode}); log:\n{self.log_tail()}")
-            return http_get(f"http://127.0.0.1:{self.liveness_port}/healthz")[0] == 200
-
-        wait_for(live, timeout, interval=0.2, description="the operator's /healthz")
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up (like an OOM kill or a node loss)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def metrics(self) -> str:
-        status, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        assert status == 200, status
-        return body
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> OperatorProcess:
-        if self.proc is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except OSError:
-        return 0, ""
+# the operator's identity
 
 
 def operator_kubeconfig(cluster: clusterlib.Cluster) -> str:
@@ -363,7 +247,6 @@ def private_pool(
     """Fake nodes only this test's experiments can use: labelled and tainted with a pool id.
 
     spec: (kind, count, product, memory MiB, gpus). Yields (pool id, {kind: [node names]})."""
-    mod = clusterlib.cluster_module()
     pool = uuid.uuid4().hex[:8]
     names: dict[str, list[str]] = {}
     created: list[str] = []
@@ -371,7 +254,7 @@ def private_pool(
         for kind, count, product, memory, gpus in spec:
             for i in range(count):
                 name = f"e2e-{pool}-{kind}-{i}"
-                body = mod.fake_node_manifest(name, product, memory, gpus, labels={POOL_LABEL: pool})
+                body = fake_node_manifest(name, product, memory, gpus, labels={POOL_LABEL: pool})
                 body["spec"].setdefault("taints", []).append({"key": POOL_LABEL, "value": pool, "effect": "NoSchedule"})
                 core(api).create_node(body)
                 created.append(name)
@@ -418,9 +301,8 @@ def lifecycle_scenario(api: Any, cluster: clusterlib.Cluster, namespace: str, po
     manifest = e2e_manifest(name, nodes=2, gpus=8, pool=pool, duration="4s", loss=2.345)
     job_name = run_name_of(manifest, namespace)
     kubectl_apply(cluster, namespace, manifest)
-    pending = wait_for(lambda: (get_experiment(api, namespace, name).get("status") or {}).get("phase") is not None,
-                       60, description="a first status")
-    del pending
+    wait_for(lambda: (get_experiment(api, namespace, name).get("status") or {}).get("phase") is not None,
+             60, description="a first status")
     running = wait_phase(api, namespace, name, "Running", op=op)
     capture("running", running)
     assert condition(running, "Running")["reason"] == "JobRunning"
@@ -441,6 +323,7 @@ def lifecycle_scenario(api: Any, cluster: clusterlib.Cluster, namespace: str, po
     assert {k: progress.get(k) for k in ("consumedSamples", "targetSamples", "percent")} == {
         "consumedSamples": 1600, "targetSamples": 1600, "percent": 100}
     assert progress["trainLoss"] == 2.345, "a finished run's progress carries the result's losses"
-    assert status["run"]["phase"] == "Succeeded" and status["completionTime"]
+    assert status["run"]["phase"] == "Succeeded"
+    assert status["completionTime"], "completionTime set"
     assert len(list_jobs(api, namespace, name)) == 1
     return done

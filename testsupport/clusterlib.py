@@ -1,6 +1,6 @@
 """Helpers for tests and benchmarks that talk to the local Kubernetes control plane.
 
-The control plane itself is tools/cluster/cluster.py (etcd, kube-apiserver,
+The control plane itself is the `tools.cluster` package (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, kwok, training-operator on 127.0.0.1); its binaries
 come from tools/k8s/build.sh. The pytest fixtures built on these helpers live in
 tests/conftest.py (`cluster`, `k8s_client`, `namespace`).
@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
-CLUSTER_PY = REPO / "tools" / "cluster" / "cluster.py"
+from tools.cluster.health import health
+from tools.cluster.nodes import A100 as A100  # re-exported: the fake pool's products
+from tools.cluster.nodes import H100, fake_node_manifest
+from tools.cluster.settings import REPO, state_dir
 
-H100 = "NVIDIA-H100-80GB-HBM3"
-A100 = "NVIDIA-A100-SXM4-40GB"
+# The command line of the control plane, as `make cluster-up` runs it.
+CLUSTER_CLI = [sys.executable, "-m", "tools.cluster"]
+
 GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 PYTORCHJOB_GROUP, PYTORCHJOB_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
@@ -38,19 +40,6 @@ FAKE_MESSAGE = "datamix.io/fake-termination-message"
 FAKE_EXIT_CODE = "datamix.io/fake-exit-code"
 
 T = TypeVar("T")
-_cluster_mod: ModuleType | None = None
-
-
-def cluster_module() -> ModuleType:
-    """tools/cluster/cluster.py loaded as a module (stdlib only)."""
-    global _cluster_mod
-    if _cluster_mod is None:
-        spec = importlib.util.spec_from_file_location("datamix_cluster", CLUSTER_PY)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _cluster_mod = mod
-    return _cluster_mod
 
 
 @dataclass(frozen=True)
@@ -106,8 +95,7 @@ def _from_health(h: Mapping[str, Any], started_here: bool) -> Cluster:
 
 def running_cluster() -> Cluster | None:
     """The healthy cluster of our state dir ($DATAMIX_CLUSTER_DIR or ~/.cache/datamix/cluster)."""
-    mod = cluster_module()
-    h = mod.health(mod.state_dir())
+    h = health(state_dir())
     return _from_health(h, False) if h["healthy"] else None
 
 
@@ -116,17 +104,17 @@ def ensure_cluster() -> Cluster:
     existing = running_cluster()
     if existing is not None:
         return existing
-    res = subprocess.run(["python3", str(CLUSTER_PY), "up"], stdout=subprocess.PIPE, text=True)
+    res = subprocess.run([*CLUSTER_CLI, "up"], stdout=subprocess.PIPE, text=True, cwd=REPO)
     if res.returncode != 0:
-        raise RuntimeError(f"tools/cluster/cluster.py up failed (exit {res.returncode}); see its stderr")
+        raise RuntimeError(f"python -m tools.cluster up failed (exit {res.returncode}); see its stderr")
     started = running_cluster()
     if started is None:
-        raise RuntimeError("cluster.py up returned but the cluster is not healthy")
+        raise RuntimeError("python -m tools.cluster up returned but the cluster is not healthy")
     return Cluster(**{**started.__dict__, "started_here": True})
 
 
 def stop_cluster() -> None:
-    subprocess.run(["python3", str(CLUSTER_PY), "down"], check=True)
+    subprocess.run([*CLUSTER_CLI, "down"], check=True, cwd=REPO)
 
 
 @contextlib.contextmanager
@@ -134,8 +122,7 @@ def cluster_session(keep: bool = False) -> Iterator[Cluster]:
     """ensure_cluster() for the length of a test session; stops the cluster at the end only if
     this session started it, `keep` is false and no other session is using it (each session
     holds a shared flock on <state dir>/../.<name>.users while it runs)."""
-    mod = cluster_module()
-    sdir = mod.state_dir()
+    sdir = state_dir()
     sdir.parent.mkdir(parents=True, exist_ok=True)
     with open(sdir.parent / f".{sdir.name}.users", "a+") as users:
         fcntl.flock(users, fcntl.LOCK_SH)
@@ -214,7 +201,6 @@ def add_fake_nodes(api: Any, count: int, product: str | None = H100, memory_mib:
     Feature Discovery labels, capacity nvidia.com/gpu and the nvidia.com/gpu taint. Returns the
     node names; waits until kwok reports them Ready unless wait_ready is False."""
     core = _core(api)
-    mod = cluster_module()
     existing = {n.metadata.name for n in core.list_node().items}
     names: list[str] = []
     i = 0
@@ -223,7 +209,7 @@ def add_fake_nodes(api: Any, count: int, product: str | None = H100, memory_mib:
         i += 1
         if name in existing:
             continue
-        body = mod.fake_node_manifest(name, product, memory_mib, gpus, cpu=cpu, memory=memory,
+        body = fake_node_manifest(name, product, memory_mib, gpus, cpu=cpu, memory=memory,
                                       labels=dict(labels or {}))
         core.create_node(body)
         names.append(name)
