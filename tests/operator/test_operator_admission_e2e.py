@@ -83,7 +83,8 @@ def test_input_only_the_operator_can_catch_ends_stalled_invalid_spec(
         assert res.returncode == 0, f"{case_id}: the schema cannot catch this one: {res.stderr}"
         exp = wait_condition(k8s_client, namespace, name, "Stalled", "InvalidSpec", op=op)
         stalled = condition(exp, "Stalled")
-        assert path in stalled["message"] and message in stalled["message"], (case_id, stalled)
+        assert path in stalled["message"], (case_id, stalled)
+        assert message in stalled["message"], (case_id, stalled)
         assert exp["status"]["phase"] == "Pending"
         assert condition(exp, "Created")["status"] == "False"
         capture("stalled-invalid-spec", exp)

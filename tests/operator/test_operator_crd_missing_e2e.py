@@ -57,7 +57,8 @@ def test_missing_pytorchjob_crd_stalls_without_a_crash_loop_and_recovers(
     exp = wait_condition(k8s_client, namespace, "no-crd", "Stalled", "PyTorchJobCRDMissing", op=op)
     capture("stalled-crd-missing", exp)
     stalled = condition(exp, "Stalled")
-    assert f"pytorchjobs.{group}/v1" in stalled["message"] and "training-operator" in stalled["message"]
+    assert f"pytorchjobs.{group}/v1" in stalled["message"], stalled
+    assert "training-operator" in stalled["message"], stalled
     assert exp["status"]["phase"] == "Pending"
     rv = exp["metadata"]["resourceVersion"]
     # retried every 2s (--crd-retry-seconds) without crashing and without rewriting the status

@@ -82,7 +82,8 @@ def test_apply_creates_exactly_one_configmap_and_job_equal_to_datamix_render(
     jobs = list_jobs(k8s_client, namespace)
     cms = [{"apiVersion": "v1", "kind": "ConfigMap", **k8s_client.sanitize_for_serialization(c)}
            for c in list_configmaps(k8s_client, namespace, "render-eq")]
-    assert len(jobs) == 1 and len(cms) == 1
+    assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+    assert len(cms) == 1, [c["metadata"]["name"] for c in cms]
     assert_same(strip_server_fields(cms[0]), rendered[0])
     assert_same(strip_server_fields(jobs[0]), rendered[1])
     for child in (cms[0], jobs[0]):
@@ -113,7 +114,8 @@ def test_pods_land_only_on_the_requested_gpu_and_2x8_h100_gets_both_h100_nodes(
         h_nodes = [p.spec.node_name for p in job_pods(k8s_client, namespace, run_name_of(on_h100, namespace))]
         a_nodes = [p.spec.node_name for p in job_pods(k8s_client, namespace, run_name_of(on_a100, namespace))]
         assert sorted(h_nodes) == sorted(nodes["h100"]), "2 x 8 H100: one pod on each H100 node"
-        assert len(a_nodes) == 1 and a_nodes[0] in nodes["a100"]
+        assert len(a_nodes) == 1, a_nodes
+        assert a_nodes[0] in nodes["a100"], f"{a_nodes[0]} is not an A100 node of the pool"
         pending = wait_phase(k8s_client, namespace, "nowhere", "Pending", op=op)
         unplaced = run_name_of(nowhere, namespace)
 
@@ -158,8 +160,10 @@ def test_failure_path_ends_failed_with_the_jobs_reason_and_message(
     (job,) = list_jobs(k8s_client, namespace)
     job_failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
     failed = condition(exp, "Failed")
-    assert failed["status"] == "True" and failed["reason"] == "JobFailed"
-    assert job_failed["reason"] in failed["message"] and job_failed["message"] in failed["message"]
+    assert failed["status"] == "True"
+    assert failed["reason"] == "JobFailed"
+    assert job_failed["reason"] in failed["message"], "the job's reason is in the message"
+    assert job_failed["message"] in failed["message"], "the job's message is in the message"
     assert "the master exited with code 1" in failed["message"]
     assert exp["status"]["run"]["phase"] == "Failed"
     assert "Warning" in {e.type for e in k8s_client_events(k8s_client, namespace, "fails") if e.reason == "JobFailed"}
@@ -189,6 +193,8 @@ def test_infrastructure_exit_code_restarts_the_pod_until_the_deadline(
 def test_killing_and_restarting_the_operator_at_several_points_keeps_one_job_per_run(
     cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any
 ) -> None:
+    """The operator SIGKILLed after each step of starting a run, then while the job runs: every
+    restart carries on from what is on the API server, and the run keeps its one job."""
     manifest = e2e_manifest("restarts", pool=gpu_pool, duration="8s")
     run = run_name_of(manifest, namespace)
     op = start_operator([namespace], start_env={CRASH_ENV: "configmap-created"})
@@ -217,6 +223,16 @@ def test_killing_and_restarting_the_operator_at_several_points_keeps_one_job_per
     assert job["metadata"]["uid"] == uid, "the job was never re-created"
     assert len(list_configmaps(k8s_client, namespace, "restarts")) == 1
 
+
+def test_operator_killed_between_recording_a_new_run_and_retiring_the_old_one_finishes_the_retirement(
+    cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    manifest = e2e_manifest("restarts", pool=gpu_pool, duration="2s")
+    run = run_name_of(manifest, namespace)
+    op = start_operator([namespace])
+    kubectl_apply(cluster, namespace, manifest)
+    wait_phase(k8s_client, namespace, "restarts", "Succeeded", op=op)
+
     # a new run, with the operator dying after recording the old run and before deleting its job
     op.stop()
     edited = e2e_manifest("restarts", pool=gpu_pool, duration="4s", weights=(1.0, 1.0))
@@ -225,7 +241,8 @@ def test_killing_and_restarting_the_operator_at_several_points_keeps_one_job_per
     op.start(env={CRASH_ENV: "run-recorded"}, wait=False)
     assert op.wait_exit() == 137
     status = get_experiment(k8s_client, namespace, "restarts")["status"]
-    assert status["run"]["job"] == new_run and status["previousRuns"][0]["job"] == run
+    assert status["run"]["job"] == new_run
+    assert status["previousRuns"][0]["job"] == run
     assert sorted(j["metadata"]["name"] for j in list_jobs(k8s_client, namespace)) == sorted([run, new_run])
     op.start()
     wait_for(lambda: [j["metadata"]["name"] for j in list_jobs(k8s_client, namespace)] == [new_run], 60,
@@ -274,10 +291,11 @@ def test_editing_the_mixture_starts_a_new_run_and_retires_the_old(
     exp = wait_phase(k8s_client, namespace, "edited", "Succeeded", op=op)
     capture("succeeded-after-edit", exp)
     status = exp["status"]
-    assert status["observedGeneration"] == 2 and status["run"]["job"] == new
+    assert status["observedGeneration"] == 2
+    assert status["run"]["job"] == new
     assert [m["share"] for m in status["mixture"]] == [0.25, 0.75]
     (previous,) = status["previousRuns"]
-    assert previous["job"] == old and previous["phase"] == "Running" and previous["reason"] == "Superseded"
+    assert (previous["job"], previous["phase"], previous["reason"]) == (old, "Running", "Superseded")
     reasons = {e.reason for e in k8s_client_events(k8s_client, namespace, "edited")}
     assert {"RunStarted", "RunRetired"} <= reasons
 
@@ -344,7 +362,8 @@ def test_an_operator_watching_one_namespace_ignores_another(
         reconciles = _reconcile_count(op.metrics())
         wait_for(lambda: _reconcile_count(op.metrics()) >= reconciles + 3, 30, description="resyncs")
         assert "status" not in get_experiment(k8s_client, other, "ignored")
-        assert list_jobs(k8s_client, other) == [] and list_configmaps(k8s_client, other, "ignored") == []
+        assert list_jobs(k8s_client, other) == []
+        assert list_configmaps(k8s_client, other, "ignored") == []
     finally:
         delete_namespace(k8s_client, other, wait_pods=True)
 

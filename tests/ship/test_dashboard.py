@@ -40,7 +40,8 @@ def base_metric(name: str) -> str:
 
 def test_size_and_identity() -> None:
     assert PATH.stat().st_size < 256 * 1024
-    assert DASHBOARD["uid"] == "datamix-experiments" and DASHBOARD["title"]
+    assert DASHBOARD["uid"] == "datamix-experiments"
+    assert DASHBOARD["title"], "the dashboard has a title"
     ids = [p["id"] for p in DASHBOARD["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -48,11 +49,13 @@ def test_size_and_identity() -> None:
 def test_variables() -> None:
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
     assert list(variables) == ["datasource", "namespace", "experiment", "run", "sweep"]
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     assert '$namespace' in variables["experiment"]["definition"]
     assert '$experiment' in variables["run"]["definition"]
     for name in ("namespace", "experiment", "run", "sweep"):
-        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+        assert variables[name]["includeAll"], f"${name} offers All"
+        assert variables[name]["allValue"] == ".*", name
 
 
 def test_every_panel_uses_the_datasource_variable() -> None:
@@ -68,7 +71,8 @@ def test_layout_fits_the_grid() -> None:
     cells = set()
     for panel in DASHBOARD["panels"]:
         g = panel["gridPos"]
-        assert g["x"] >= 0 and g["x"] + g["w"] <= 24
+        assert g["x"] >= 0, panel["title"]
+        assert g["x"] + g["w"] <= 24, f"{panel['title']} is wider than the grid"
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{panel['title']} overlaps another panel"

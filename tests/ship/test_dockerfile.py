@@ -75,7 +75,10 @@ def test_targets_run_as_non_root_with_few_layers() -> None:
     for target in ("operator", "trainer"):
         stage = all_stages[target]
         users = instruction(stage, "USER")
-        assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) >= 1000, users
+        assert users, f"{target} sets no USER"
+        uid = users[-1].split(":")[0]
+        assert uid.isdigit(), f"{target} runs as {uid!r}: a numeric uid lets runAsNonRoot check it"
+        assert int(uid) >= 1000, f"{target} runs as uid {uid}"
         # Only the virtualenv is copied in: one layer on top of the shared base.
         assert not instruction(stage, "RUN"), f"{target} runs commands in its final stage"
         assert len(instruction(stage, "COPY")) == 1
@@ -85,7 +88,8 @@ def test_targets_run_as_non_root_with_few_layers() -> None:
 def test_operator_image_installs_the_operator_extra_only() -> None:
     stage = stages()["build-operator"]
     run = " ".join(instruction(stage, "RUN"))
-    assert "'/src[operator]'" in run and "trainer" not in run
+    assert "'/src[operator]'" in run
+    assert "trainer" not in run
     assert instruction(stages()["operator"], "CMD") == ['["datamix", "operator"]']
 
 
@@ -126,7 +130,8 @@ def test_trainer_command_is_the_run_spec_command() -> None:
     # same values from PET_MASTER_ADDR/PET_MASTER_PORT set by the training-operator.
     expected = [arg for arg in TRAINER_COMMAND if "$(" not in arg]
     assert image_command == expected
-    assert "datamix" in image_command and "train" in image_command
+    assert "datamix" in image_command
+    assert "train" in image_command
     build = " ".join(instruction(stages()["build-trainer"], "RUN"))
     assert "'/src[trainer]'" in build
 

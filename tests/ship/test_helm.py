@@ -78,8 +78,10 @@ def watched(values: dict[str, Any]) -> list[str]:
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs")
+        for field in ("verbs", "resources", "apiGroups"):
+            assert "*" not in rule[field], f"wildcard {field} in {rule}"
+        for field in ("resourceNames", "nonResourceURLs"):
+            assert not rule.get(field), f"{field} in {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 out.setdefault((group, resource), set()).update(rule["verbs"])
@@ -194,23 +196,28 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     values = VALUE_SETS[name]
     dep = one(rendered[name], "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
     sc = container["securityContext"]
-    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
-    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsNonRoot"] is True
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"liveness": 8080, "metrics": 8081}
     res = container["resources"]
-    assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+    assert {"cpu", "memory"} <= set(res["requests"]), res
+    assert {"cpu", "memory"} <= set(res["limits"]), res
     assert container["command"] == ["datamix", "operator"]
     args = container["args"]
-    assert "--liveness-port=8080" in args and "--metrics-port=8081" in args
+    assert "--liveness-port=8080" in args, args
+    assert "--metrics-port=8081" in args, args
     namespaces = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
     assert namespaces == watched(values)
     assert ("--all-namespaces" in args) == (not namespaces)
@@ -255,7 +262,8 @@ def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, A
         bindings = by_kind(docs, "RoleBinding")
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     else:
-        assert not roles and not by_kind(docs, "RoleBinding")
+        assert not roles, "no Role for a cluster-wide install"
+        assert not by_kind(docs, "RoleBinding"), "no RoleBinding for a cluster-wide install"
         (cluster_role,) = cluster_roles
         cluster_wide = {k: v for k, v in CLUSTER_RESOURCES.items() if k != ("", "namespaces")}
         assert grants(cluster_role["rules"]) == {**NAMESPACED_RESOURCES, **cluster_wide}
@@ -285,7 +293,8 @@ def test_pod_monitors(name: str, rendered: dict[str, list[dict[str, Any]]]) -> N
         for key, value in pm_values.get("labels", {}).items():
             assert monitor["metadata"]["labels"][key] == value
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-        assert endpoint["port"] == "metrics" and endpoint["interval"] == pm_values.get("interval", "30s")
+        assert endpoint["port"] == "metrics"
+        assert endpoint["interval"] == pm_values.get("interval", "30s")
     trainer = monitors["trainer"]["spec"]
     assert trainer["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "datamix-operator",
                                                   "app.kubernetes.io/part-of": "datamix"}

@@ -32,7 +32,8 @@ def test_latest_complete_checkpoint_is_found_and_loaded(tmp_path: Path) -> None:
     for step in (10, 20):
         save(checkpointer, step)
     latest = checkpointer.find_latest(log=lambda _: None)
-    assert latest is not None and latest.step == 20 and latest.consumed_samples == 320
+    assert latest is not None, "no checkpoint found"
+    assert (latest.step, latest.consumed_samples) == (20, 320)
     assert checkpointer.load(latest, torch.device("cpu"))["step"] == 20
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -46,8 +47,11 @@ def test_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path) ->
         f.truncate(state.stat().st_size - 100)
     messages: list[str] = []
     latest = checkpointer.find_latest(log=messages.append)
-    assert latest is not None and latest.step == 20
-    assert len(messages) == 1 and "step_00000030 skipped" in messages[0] and "truncated" in messages[0]
+    assert latest is not None, "no checkpoint found"
+    assert latest.step == 20
+    assert len(messages) == 1, messages
+    assert "step_00000030 skipped" in messages[0], messages[0]
+    assert "truncated" in messages[0], messages[0]
 
 
 def test_checkpoint_with_flipped_bytes_or_without_marker_is_skipped(tmp_path: Path) -> None:
@@ -60,7 +64,8 @@ def test_checkpoint_with_flipped_bytes_or_without_marker_is_skipped(tmp_path: Pa
     rng.write_bytes(bytes(data))
     (step_dir(tmp_path, 20) / MARKER).unlink()  # as if the process died before the marker
     latest = checkpointer.find_latest(log=lambda _: None)
-    assert latest is not None and latest.step == 10
+    assert latest is not None, "no checkpoint found"
+    assert latest.step == 10
 
 
 def test_an_interrupted_save_leaves_no_checkpoint_and_is_cleaned_up(tmp_path: Path) -> None:
@@ -84,7 +89,7 @@ def test_old_checkpoints_are_pruned_and_the_marker_describes_the_files(tmp_path:
         save(checkpointer, step)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000030", "step_00000040"]
     marker = json.loads((step_dir(tmp_path, 40) / MARKER).read_text())
-    assert marker["step"] == 40 and marker["consumed_samples"] == 640
+    assert (marker["step"], marker["consumed_samples"]) == (40, 640)
     for name, meta in marker["files"].items():
         assert (step_dir(tmp_path, 40) / name).stat().st_size == meta["bytes"]
 

@@ -27,7 +27,8 @@ def test_demo_data_has_five_or_more_domains_with_validation(demo_dir: Path) -> N
     for train, valid in check_run_data(spec):
         assert valid is not None
         assert train.tokens > 10 * valid.tokens / 2  # roughly 9:1 documents, held out by document
-        assert train.documents > 0 and valid.documents > 0
+        assert train.documents > 0, "training split empty"
+        assert valid.documents > 0, "validation split empty"
 
 
 def test_check_indexed_names_missing_and_corrupt_files(demo_dir: Path, tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_bad_data_file_fails_before_step_one_with_the_file_named(demo_dir: Path,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
     assert str(victim) in lines[0]
     assert "Traceback" not in result.stderr
     assert "iteration" not in result.stdout
@@ -111,7 +113,8 @@ def test_consumed_samples_per_dataset_track_target_shares_at_every_prefix(demo_d
         demo_dir, tmp_path / "out", training={"trainSteps": steps, "evalInterval": 1000, "checkpointInterval": 1000}
     )
     weights = np.array(spec.shares)
-    assert len(weights) >= 5 and len(set(weights.round(6))) == len(weights)
+    assert len(weights) >= 5, weights
+    assert len(set(weights.round(6))) == len(weights), f"weights not all different: {weights}"
     consumed: list[int] = []
 
     def record(step: StepRecord) -> None:

@@ -63,13 +63,15 @@ def test_run_trains_the_manifest_and_reports_shares_losses_and_a_loss_curve(demo
     doc = json.loads((out / "results.json").read_text())
     assert doc["steps"] == 10
     png = (out / "loss_curve.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert png.startswith(b"\x89PNG"), "loss_curve.png is a PNG"
+    assert len(png) > 10_000, f"loss_curve.png is only {len(png)} bytes"
     lines = result.stdout.splitlines()
     assert any(line.startswith("  metrics  http://127.0.0.1:") for line in lines)
     # Progress comes from the trainer's /metrics endpoint (scraped every 0.5 s while it runs).
     assert any(re.search(r"\| samples \d+/160 \| loss \d", line) for line in lines), result.stdout
     header = next(i for i, line in enumerate(lines) if line.startswith("dataset "))
-    assert "target share" in lines[header] and "realised share" in lines[header] and "validation loss" in lines[header]
+    for column in ("target share", "realised share", "validation loss"):
+        assert column in lines[header], lines[header]
     rows = {line.split()[0]: line.split() for line in lines[header + 2 : header + 8]}
     assert set(rows) == {"python-code", "docstrings", "python-reference", "comments", "html-docs", "licenses"}
     for name, validation in zip(rows, doc["validation_loss"], strict=True):

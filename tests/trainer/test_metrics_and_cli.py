@@ -57,7 +57,7 @@ def test_series_carry_only_experiment_run_and_dataset_labels() -> None:
     # A dataset without a validation loss exports no series rather than a made-up value.
     validation = {s.labels["dataset"] for s in families["datamix_validation_loss"].samples}
     assert "docstrings" not in validation
-    assert len(validation) == 5
+    assert len(validation) == 5, validation
     # The step the losses belong to, and the run id on every series (the operator's progress
     # reader accepts a reading only for its own run).
     assert [s.value for s in families["datamix_validation_step"].samples] == [40]

@@ -41,13 +41,15 @@ def test_gpt_is_causal_and_returns_per_token_losses() -> None:
     loss2 = model(changed, positions, tokens)
     assert torch.equal(loss[:, :20], loss2[:, :20])
     assert not torch.equal(loss[:, 20:], loss2[:, 20:])
-    assert model.embed.weight.grad is None and model.head is None  # tied output embedding
+    assert model.embed.weight.grad is None
+    assert model.head is None  # tied output embedding
 
 
 def test_tiny_preset_builds_the_cpu_model_with_tied_embeddings() -> None:
     built = build_torch_gpt(spec_with("tiny"), torch.device("cpu"))
     params = dict(built.module.named_parameters())
-    assert "head.weight" not in params and params["embed.weight"].shape == (257, 128)
+    assert "head.weight" not in params, "the output embedding is tied"
+    assert params["embed.weight"].shape == (257, 128)
     assert 0.3e6 < built.parameters < 1e6
     assert built.flops_per_token > 6 * built.parameters  # + logits and attention
 
@@ -65,7 +67,8 @@ def test_every_preset_maps_to_a_valid_megatron_transformer_config(preset: str) -
 
     config = transformer_config(spec_with(preset), use_te=False)
     settings = PRESETS[preset]
-    assert config.num_layers == settings["numLayers"] and config.hidden_size == settings["hiddenSize"]
+    assert config.num_layers == settings["numLayers"]
+    assert config.hidden_size == settings["hiddenSize"]
     if settings.get("numExperts"):
         assert config.num_moe_experts == settings["numExperts"]
         assert config.moe_layer_freq == [0, 1, 1, 1, 1, 1]  # "[0]+[1]*5": the first layer is dense

@@ -158,16 +158,22 @@ def test_results_json_and_termination_message_match_the_run_result_schema(ddp_ru
     assert set(doc) == {f.name for f in fields(RunResult)}
     result = RunResult(**{**doc, "validation_loss": tuple(doc["validation_loss"]), "tokens": tuple(doc["tokens"])})
     n = len(spec.datasets)
-    assert result.run == spec.run and result.steps == 60 and not result.detail_truncated
+    assert result.run == spec.run
+    assert result.steps == 60
+    assert not result.detail_truncated
     assert result.consumed_samples == 60 * spec.training.global_batch_size
-    assert len(result.validation_loss) == n and all(isinstance(v, float) for v in result.validation_loss)
-    assert len(result.tokens) == n and sum(result.tokens) == result.consumed_samples * spec.training.seq_length
-    assert result.train_loss is not None and math.isfinite(result.train_loss) and result.wall_seconds > 0
+    assert len(result.validation_loss) == n
+    assert all(isinstance(v, float) for v in result.validation_loss), result.validation_loss
+    assert len(result.tokens) == n
+    assert sum(result.tokens) == result.consumed_samples * spec.training.seq_length
+    assert result.train_loss is not None, "no train loss"
+    assert math.isfinite(result.train_loss), result.train_loss
+    assert result.wall_seconds > 0
     for realised, d in zip(result.realised_shares, spec.datasets, strict=True):
         assert abs(realised - d.share) < 0.01
     # The termination message is the compact encoding of the same result.
     decoded = RunResult.decode(ddp_run["termination"].read_text())
-    assert decoded.run == result.run and decoded.tokens == result.tokens and decoded.steps == result.steps
+    assert (decoded.run, decoded.tokens, decoded.steps) == (result.run, result.tokens, result.steps)
     assert decoded.validation_loss == pytest.approx(result.validation_loss, rel=1e-4)
 
 
@@ -176,7 +182,8 @@ def test_logs_follow_the_per_process_layout(ddp_run: dict[str, Any]) -> None:
     details = Path(spec.output_dir) / "logs" / "details"
     files = sorted(p.relative_to(details).as_posix() for p in details.rglob("*.log"))
     pattern = re.compile(r"host_0_[^/]+/\d{8}_\d{6}\.\d{6}/attempt_0/[01]/(stdout|stderr)\.log")
-    assert len(files) == 4 and all(pattern.fullmatch(f) for f in files), files
+    assert len(files) == 4, files
+    assert [f for f in files if not pattern.fullmatch(f)] == [], "log files outside the layout"
     for rank in "01":
         out = next(details.rglob(f"attempt_0/{rank}/stdout.log")).read_text()
         lines = [line for line in out.splitlines() if "lm loss:" in line]
@@ -232,7 +239,8 @@ def test_kill_truncate_and_sigterm_one_process_resume_bitwise(
     process = start_training(spec_path, 1, tmp_path / "attempt1.log")
     deadline = time.time() + 300
     while len(history(out, attempt=1)) < interval + 2:
-        assert process.poll() is None and time.time() < deadline, (tmp_path / "attempt1.log").read_text()[-3000:]
+        assert process.poll() is None, (tmp_path / "attempt1.log").read_text()[-3000:]
+        assert time.time() < deadline, "timed out waiting for attempt 1's steps"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, (tmp_path / "attempt1.log").read_text()[-3000:]
