@@ -163,7 +163,8 @@ def test_sweep_proposes_near_the_optimum_and_launches_the_final_run(
     assert status["final"]["observedObjective"] == pytest.approx(true, rel=1e-4)
     assert status["final"]["predictedObjective"] == status["proposal"]["predictedObjective"]
     printed = cluster.kubectl("get", "dms", name, "-n", namespace).stdout
-    assert "Succeeded" in printed and "16/16" in printed, printed
+    assert "Succeeded" in printed, printed
+    assert "16/16" in printed, printed
 
     # `datamix sweep report` from the cluster: the trials table and the plot
     report = subprocess.run([sys.executable, "-m", "datamix_cli", "sweep", "report", name, "-n", namespace,
