@@ -19,7 +19,7 @@ from .certs import ensure_webhook_certs, make_pki
 from .health import health, health_urls, http_ok, wait_until
 from .kubeconfig import write_kubeconfig
 from .nodes import KWOK_ANNOTATION, default_pool
-from .processes import free_port, leftover_pids, proc_alive, state_lock, stop_pids
+from .processes import free_ports, leftover_pids, proc_alive, state_lock, stop_pids
 from .settings import (
     CONTROLLERS,
     CRD_NAME,
@@ -168,7 +168,8 @@ def prepare_state(st: Starter) -> None:
     """PKI, webhook certificates, ports and the kubeconfig; state.json written (not complete)."""
     make_pki(st.pki)
     ensure_webhook_certs()
-    ports = {k: free_port() for k in PORTS}
+    picked = free_ports(len(PORTS))  # all different
+    ports = {name: picked[i] for i, name in enumerate(PORTS)}
     st.state = {"version": 1, "complete": False, "state_dir": str(st.sdir), "bin_dir": str(st.bin),
                 "kubeconfig": str(st.kubeconfig), "ports": ports, "pins": read_pins(),
                 "started_at": time.strftime("%FT%T%z")}
