@@ -10,28 +10,12 @@ without creating a ConfigMap or a PyTorchJob, and creates the benign one's job.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ship"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-import clusterlib
-from clusterlib import wait_for
-from operator_e2e import (
-    OperatorProcess,
-    apply_crd,
-    condition,
-    get_experiment,
-    list_configmaps,
-    list_jobs,
-    operator_kubeconfig,
-)
-from shiplib import HELM_MISSING, by_kind, helm_bin, render
 
 from datamix import GROUP, PLURAL, VERSION
 from datamix.crd import POLICY_CRD_FILE_NAME
@@ -43,6 +27,18 @@ from tests.security.abusive_manifests import (
     TEST_POLICY,
     benign_manifest,
 )
+from tests.ship.shiplib import HELM_MISSING, by_kind, helm_bin, render
+from testsupport import clusterlib
+from testsupport.clusterlib import wait_for
+from testsupport.experiments import (
+    apply_crd,
+    condition,
+    get_experiment,
+    list_configmaps,
+    list_jobs,
+    operator_kubeconfig,
+)
+from testsupport.operator_process import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.skipif(helm_bin() is None, reason=HELM_MISSING)]
 
