@@ -36,10 +36,13 @@ from datamix.runspec import (
     RUN_SPEC_KEY,
     RUN_SPEC_MOUNT_DIR,
     RUN_SPEC_PATH,
+    SCRATCH_MOUNT_PATH,
     SHM_MOUNT_PATH,
     TERMINATION_LOG_PATH,
     TRAINER_COMMAND,
+    TRAINER_UID,
 )
+from datamix.schema import DEFAULT_SCRATCH_SIZE, DEFAULT_SHARED_MEMORY_SIZE
 
 DEFAULT_TRAINER_IMAGE = os.environ.get("DATAMIX_TRAINER_IMAGE", "datamix-trainer:0.1.0")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -57,6 +60,7 @@ OUTPUT_VOLUME = "output"
 DATA_VOLUME = "data"
 RUN_SPEC_VOLUME = "run-spec"
 SHM_VOLUME = "dshm"
+SCRATCH_VOLUME = "scratch"
 RESERVED_ENV = frozenset({RUN_SPEC_ENV})
 
 _SUFFIXES = {
@@ -193,9 +197,7 @@ def _node_affinity(resources: dict[str, Any]) -> dict[str, Any] | None:
         return None
     return {
         "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": expressions}]
-            }
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}
         }
     }
 
@@ -219,6 +221,8 @@ def _container_resources(resources: dict[str, Any]) -> dict[str, Any]:
 
 def _env(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": RUN_SPEC_ENV, "value": RUN_SPEC_PATH}]
+    if not any(item["name"] == "HOME" for item in spec.get("env") or []):
+        env.append({"name": "HOME", "value": SCRATCH_MOUNT_PATH})  # the image's home is read-only
     for item in spec.get("env") or []:
         if item["name"] in RESERVED_ENV:
             continue  # the operator's own; a user value would point the trainer elsewhere
@@ -231,6 +235,21 @@ def _env(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return env
 
 
+def _pod_security_context(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Pod Security `restricted`: a fixed non-root user; the tenant chooses only groups."""
+    groups = (spec.get("podTemplate") or {}).get("securityContext") or {}
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "fsGroup": int(groups.get("fsGroup", TRAINER_UID)),
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if groups.get("supplementalGroups"):
+        context["supplementalGroups"] = [int(g) for g in groups["supplementalGroups"]]
+    return context
+
+
 def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any]:
     spec = plan.workload
     resources = spec["resources"]
@@ -238,19 +257,32 @@ def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any
     output = spec.get("output") or {}
     gpus = int(resources.get("gpusPerNode", 0))
 
+    scratch_size = resources.get("scratchSize", DEFAULT_SCRATCH_SIZE)
     mounts: list[dict[str, Any]] = [
         {"name": RUN_SPEC_VOLUME, "mountPath": RUN_SPEC_MOUNT_DIR, "readOnly": True},
         {"name": OUTPUT_VOLUME, "mountPath": output.get("path", DEFAULT_OUTPUT_PATH)},
         {"name": SHM_VOLUME, "mountPath": SHM_MOUNT_PATH},
+        {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT_PATH},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": RUN_SPEC_VOLUME, "configMap": {"name": plan.name}},
         {
             "name": OUTPUT_VOLUME,
-            **(_volume_source(output["volume"], read_only=False) if output.get("volume") else {"emptyDir": {}}),
+            **(
+                _volume_source(output["volume"], read_only=False)
+                if output.get("volume")
+                else {"emptyDir": {"sizeLimit": scratch_size}}
+            ),
         },
         # NCCL and the data loader workers share tensors through /dev/shm (64 MiB by default).
-        {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+        {
+            "name": SHM_VOLUME,
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": resources.get("sharedMemorySize", DEFAULT_SHARED_MEMORY_SIZE),
+            },
+        },
+        {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": scratch_size}},
     ]
     if datasets.get("volume"):
         base_dir = datasets.get("baseDir", DEFAULT_BASE_DIR)
@@ -269,11 +301,23 @@ def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any
         # The trainer writes its run result to the file; a trainer that dies first leaves its
         # last log lines instead, so the experiment's Failed message says why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
     }
     if not container["resources"]:
         del container["resources"]
 
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        # The trainer needs no API access: no token for anyone who gets into the pod to use.
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security_context(spec),
+    }
     affinity = _node_affinity(resources)
     if affinity:
         pod_spec["affinity"] = affinity

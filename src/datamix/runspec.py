@@ -29,12 +29,16 @@ RUN_SPEC_MOUNT_DIR = "/etc/datamix"
 RUN_SPEC_PATH = f"{RUN_SPEC_MOUNT_DIR}/{RUN_SPEC_KEY}"
 # NCCL and the data loader workers share tensors through this memory-backed mount.
 SHM_MOUNT_PATH = "/dev/shm"
+# The root filesystem is read-only: torchrun's error files, compiler caches and $HOME go here.
+SCRATCH_MOUNT_PATH = "/tmp"
 # Paths the operator mounts (or the kubelet writes) in every trainer container: the schema refuses a
 # datasets.baseDir or output.path that equals, contains or sits inside one of them.
-OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, TERMINATION_LOG_PATH)
+OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, SCRATCH_MOUNT_PATH, TERMINATION_LOG_PATH)
 # Environment names of the operator and the trainer (DATAMIX_RUN_SPEC, DATAMIX_TERMINATION_LOG, ...):
 # the schema refuses them in spec.env.
 RESERVED_ENV_PREFIX = "DATAMIX_"
+# The trainer image's user and group (Dockerfile): the pods run as them, never as root.
+TRAINER_UID = 10001
 
 
 class RunSpecError(ValueError):

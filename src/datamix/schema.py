@@ -10,7 +10,7 @@ from typing import Any
 
 from datamix import GROUP, KIND, PLURAL, VERSION
 from datamix.names import PHASES
-from datamix.runspec import OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX
+from datamix.runspec import OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX, TRAINER_UID
 
 Schema = dict[str, Any]
 
@@ -26,6 +26,11 @@ RELATIVE_PATH = r"^[^/].*$"
 ABSOLUTE_PATH = r"^/.*$"
 # A directory the pods mount a volume at: absolute, no empty segment, no trailing slash, not `/`.
 MOUNT_PATH = r"^(/[^/]+)+$"
+# emptyDir sizes: Mi or Gi only, so that a pattern bounds them the same way on the API server and offline.
+SHARED_MEMORY_SIZE = r"^([1-9][0-9]{0,3}Mi|([1-9]|[1-5][0-9]|6[0-4])Gi)$"
+SCRATCH_SIZE = r"^([1-9][0-9]{0,3}Mi|[1-9][0-9]{0,2}Gi)$"
+DEFAULT_SHARED_MEMORY_SIZE = "8Gi"
+DEFAULT_SCRATCH_SIZE = "20Gi"
 MAX_ENV_VALUE_LENGTH = 4096
 
 # Every path refuses `..` as a segment: no path may climb out of the directory it is relative to
@@ -362,6 +367,16 @@ RESOURCES = obj(
         "cpu": quantity("CPU request and limit of each pod."),
         "memory": quantity("Memory request and limit of each pod."),
         "priorityClassName": string("PriorityClass of the pods.", maxLength=253),
+        "sharedMemorySize": string(
+            f"Size limit of the memory-backed /dev/shm of each pod (counts against its memory), at most 64Gi. "
+            f"Default {DEFAULT_SHARED_MEMORY_SIZE}.",
+            pattern=SHARED_MEMORY_SIZE,
+        ),
+        "scratchSize": string(
+            f"Size limit of each pod's writable scratch directory (/tmp, also $HOME) and, without an output volume, "
+            f"of the output emptyDir; at most 999Gi. Default {DEFAULT_SCRATCH_SIZE}.",
+            pattern=SCRATCH_SIZE,
+        ),
         "queueName": string("Kueue LocalQueue to submit to (label kueue.x-k8s.io/queue-name).", maxLength=63),
     },
     required=("nodes", "gpusPerNode"),
@@ -465,7 +480,21 @@ SPEC = obj(
                         "labels": string_map("Pod labels."),
                         "annotations": string_map("Pod annotations."),
                     },
-                )
+                ),
+                "securityContext": obj(
+                    "Groups of the training processes, e.g. for a volume owned by a group. The user is fixed "
+                    f"(uid {TRAINER_UID}, non-root) and the pods meet Pod Security `restricted` whatever is set here.",
+                    {
+                        "fsGroup": integer(
+                            f"Group that owns the pods' volumes (default {TRAINER_UID}).", minimum=1, maximum=2147483647
+                        ),
+                        "supplementalGroups": array(
+                            "Extra groups of the training processes.",
+                            integer("A group id.", minimum=1, maximum=2147483647),
+                            16,
+                        ),
+                    },
+                ),
             },
         ),
         "activeDeadlineSeconds": integer("Fail a run that takes longer than this.", minimum=1),
