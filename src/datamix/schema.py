@@ -371,11 +371,13 @@ RESOURCES = obj(
             f"Size limit of the memory-backed /dev/shm of each pod (counts against its memory), at most 64Gi. "
             f"Default {DEFAULT_SHARED_MEMORY_SIZE}.",
             pattern=SHARED_MEMORY_SIZE,
+            maxLength=8,
         ),
         "scratchSize": string(
             f"Size limit of each pod's writable scratch directory (/tmp, also $HOME) and, without an output volume, "
             f"of the output emptyDir; at most 999Gi. Default {DEFAULT_SCRATCH_SIZE}.",
             pattern=SCRATCH_SIZE,
+            maxLength=8,
         ),
         "queueName": string("Kueue LocalQueue to submit to (label kueue.x-k8s.io/queue-name).", maxLength=63),
     },

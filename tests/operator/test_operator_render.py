@@ -18,7 +18,7 @@ from operator_fakes import manifest
 
 from datamix.errors import UserError
 from datamix.experiment import plan_run, run_id
-from datamix.runspec import METRICS_PORT, RUN_SPEC_MOUNT_DIR, RUN_SPEC_PATH, TRAINER_COMMAND, RunSpec
+from datamix.runspec import METRICS_PORT, RUN_SPEC_MOUNT_DIR, RUN_SPEC_PATH, TRAINER_COMMAND, TRAINER_UID, RunSpec
 
 
 def job_of(m: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -85,6 +85,7 @@ def test_container() -> None:
     assert c["command"] == list(TRAINER_COMMAND)
     assert c["env"] == [
         {"name": "DATAMIX_RUN_SPEC", "value": RUN_SPEC_PATH},
+        {"name": "HOME", "value": "/tmp"},
         {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
         {"name": "MODE", "value": "fast"},
     ]
@@ -108,11 +109,47 @@ def test_volumes() -> None:
     assert vols["run-spec"]["configMap"]["name"] == job_of(m)["metadata"]["name"]
     assert vols["data"]["persistentVolumeClaim"] == {"claimName": "corpus", "readOnly": True}
     assert vols["output"]["nfs"] == {"server": "nfs.example", "path": "/exports", "readOnly": False}
-    assert vols["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert vols["scratch"]["emptyDir"] == {"sizeLimit": "20Gi"}
     assert {"name": "output", "mountPath": "/out"} in pod["containers"][0]["volumeMounts"]
     # no output volume: an emptyDir (the result still reaches the status via the termination message)
     assert {v["name"]: v for v in template(job_of(manifest()))["spec"]["volumes"]}["output"] == {
-        "name": "output", "emptyDir": {}}
+        "name": "output", "emptyDir": {"sizeLimit": "20Gi"}}
+
+
+def test_pods_meet_pod_security_restricted() -> None:
+    """The checks of Pod Security `restricted` (v1.36) that a rendered pod could fail."""
+    pod = template(job_of(manifest()))["spec"]
+    (c,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    for volume in pod["volumes"]:
+        assert "hostPath" not in volume, volume["name"]
+        if "emptyDir" in volume:
+            assert "sizeLimit" in volume["emptyDir"], volume["name"]
+
+
+def test_tenant_sets_groups_and_sizes_but_not_the_user() -> None:
+    m = manifest()
+    m["spec"]["podTemplate"] = {"securityContext": {"fsGroup": 2000, "supplementalGroups": [3000, 3001]}}
+    m["spec"]["resources"].update(sharedMemorySize="16Gi", scratchSize="500Mi")
+    pod = template(job_of(m))["spec"]
+    assert pod["securityContext"]["fsGroup"] == 2000
+    assert pod["securityContext"]["supplementalGroups"] == [3000, 3001]
+    assert pod["securityContext"]["runAsUser"] == TRAINER_UID
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["dshm"]["emptyDir"]["sizeLimit"] == "16Gi"
+    assert vols["scratch"]["emptyDir"]["sizeLimit"] == "500Mi"
+
+
+def test_a_tenant_home_is_kept() -> None:
+    (c,) = template(job_of(manifest(env=[{"name": "HOME", "value": "/output/home"}])))["spec"]["containers"]
+    assert [e["value"] for e in c["env"] if e["name"] == "HOME"] == ["/output/home"]
 
 
 @pytest.mark.parametrize(
