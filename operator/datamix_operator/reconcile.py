@@ -339,7 +339,7 @@ class Reconciler:
 
     def _observe_run(self, p: Pass) -> None:
         """4. The followed run's state, and the jobs of earlier runs."""
-        p.state = self._observe(p.namespace, p.live) if p.live is not None else None
+        p.state = self._observe(p.namespace, p.live, p.exp) if p.live is not None else None
         if p.jobs is not None and p.planned is not None:
             p.stale = [j for n, j in p.jobs.items() if p.run is None or n != p.run.job]
 
@@ -363,7 +363,12 @@ class Reconciler:
         recorded = old_status.get("progress") if run is not None and old_run.get("id") == run.id else None
         view = self._progress(p.namespace, p.exp, run, state, p.live, recorded)
         obs = Observation(
-            run=run, state=state, stall=p.stall, previous_runs=previous, queue=queue_name(p.exp), progress=view,
+            run=run,
+            state=state,
+            stall=p.stall,
+            previous_runs=previous,
+            queue=queue_name(p.exp),
+            progress=view,
             recorded_progress=recorded,
         )
         new_status = desired_status(p.exp, obs, self.clock())
@@ -446,7 +451,7 @@ class Reconciler:
             return job
         want = plan.suspend
         queue = plan.queue
-        recorded = ((job["metadata"].get("annotations") or {}).get(ANNOTATION_SUSPEND))
+        recorded = (job["metadata"].get("annotations") or {}).get(ANNOTATION_SUSPEND)
         actual = bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend", False))
         patch: dict[str, Any] = {}
         if recorded != ("true" if want else "false"):
@@ -460,24 +465,39 @@ class Reconciler:
         log.info("PyTorchJob %s/%s: suspend=%s", namespace, job["metadata"]["name"], want)
         return self.kube.patch_job(namespace, job["metadata"]["name"], patch)
 
-    def _observe(self, namespace: str, job: dict[str, Any]) -> RunState:
+    def _observe(self, namespace: str, job: dict[str, Any], exp: Mapping[str, Any] | None = None) -> RunState:
         terminal = bool(job_condition(job, JobCondition.SUCCEEDED) or job_condition(job, JobCondition.FAILED))
         pod = None
         if terminal:
             uid = job["metadata"].get("uid", "")
             pod = self._masters.get(uid)
             if pod is None:
-                pod = self._master_pod(namespace, job["metadata"]["name"])
+                pod = self._master_pod(namespace, job, exp)
                 if pod is not None:
                     self._masters[uid] = pod
-        return run_state(job, pod)
+        run_id = (job["metadata"].get("labels") or {}).get(LABEL_RUN)
+        return run_state(job, pod, run_id=run_id)
 
-    def _master_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
+    def _master_pod(
+        self, namespace: str, job: Mapping[str, Any], exp: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The job's newest master pod. Labels alone prove nothing (anyone who may create a pod can
+        copy them): only a pod the job itself owns may report the run's result."""
+        job_name, job_uid = job["metadata"]["name"], job["metadata"].get("uid", "")
         pods = self.kube.list_pods(namespace, f"{JOB_NAME_LABEL}={job_name},{REPLICA_TYPE_LABEL}={MASTER_REPLICA}")
-        if not pods:
+        owned = [p for p in pods if owned_by(p, job_uid)]
+        foreign = sorted((p.get("metadata") or {}).get("name", "?") for p in pods if not owned_by(p, job_uid))
+        if foreign and exp is not None:
+            self._event(
+                exp,
+                "Warning",
+                Reason.FOREIGN_POD,
+                f"ignored pod(s) {', '.join(foreign)}: labelled as the master of {job_name} but not owned by it",
+            )
+        if not owned:
             return None
         # The newest incarnation holds the final termination message.
-        return max(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+        return max(owned, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
 
     def _progress(
         self,

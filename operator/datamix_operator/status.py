@@ -24,7 +24,7 @@ from datamix.names import (
     Phase,
     Reason,
 )
-from datamix.runspec import RunResult, RunSpec, RunSpecError
+from datamix.runspec import NON_FINITE_LOSS_EXIT_CODE, TERMINATION_MESSAGE_LIMIT, RunResult, RunSpec, RunSpecError
 
 MAX_PREVIOUS_RUNS = 16
 MAX_MESSAGE = 1024
@@ -137,8 +137,9 @@ def master_container_state(pod: Mapping[str, Any] | None) -> dict[str, Any] | No
     return None
 
 
-def read_result(pod: Mapping[str, Any] | None) -> tuple[RunResult | None, str | None]:
-    """The run result from the master pod's termination message, or why there is none."""
+def read_result(pod: Mapping[str, Any] | None, run_id: str | None = None) -> tuple[RunResult | None, str | None]:
+    """The run result from the master pod's termination message, or why there is none. With
+    `run_id`, a result of any other run is refused."""
     if not pod:
         return None, "the master pod is gone"
     terminated = master_container_state(pod)
@@ -147,13 +148,20 @@ def read_result(pod: Mapping[str, Any] | None) -> tuple[RunResult | None, str | 
     message = (terminated.get("message") or "").strip()
     if not message:
         return None, "the master container left no termination message"
+    if len(message.encode()) > TERMINATION_MESSAGE_LIMIT:
+        return None, f"the termination message is over {TERMINATION_MESSAGE_LIMIT} bytes"
     try:
-        return RunResult.decode(message), None
+        result = RunResult.decode(message)
     except RunSpecError as err:
-        return None, f"the termination message is not a run result ({err})"
+        return None, f"the termination message is not a run result ({_clip(str(err))})"
+    if run_id is not None and result.run != run_id:
+        return None, f"the result is for run {result.run[:16]!r}, not for this run ({run_id})"
+    return result, None
 
 
-def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = None) -> RunState:
+def run_state(
+    job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = None, run_id: str | None = None
+) -> RunState:
     """Interpret a PyTorchJob's conditions (training-operator v1: Created, Running, Restarting,
     Succeeded, Failed, Suspended) and, for a finished job, its master pod."""
     name = job.get("metadata", {}).get("name", "?")
@@ -167,6 +175,9 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
         if failed.get("message"):
             message += f": {failed['message']}"
         terminated = master_container_state(master_pod)
+        reason = Reason.JOB_FAILED
+        if terminated and terminated.get("exitCode") == NON_FINITE_LOSS_EXIT_CODE:
+            reason = Reason.NON_FINITE_LOSS
         if terminated and terminated.get("exitCode"):
             message += f"; the master exited with code {terminated['exitCode']}"
             if terminated.get("reason"):
@@ -175,11 +186,9 @@ def run_state(job: Mapping[str, Any], master_pod: Mapping[str, Any] | None = Non
             last_words = (terminated.get("message") or "").strip().splitlines()[-3:]
             if last_words:
                 message += ": " + " / ".join(line.strip() for line in last_words)
-        return RunState(
-            Phase.FAILED, Reason.JOB_FAILED, _clip(message), start_time=start, completion_time=completion
-        )
+        return RunState(Phase.FAILED, reason, _clip(message), start_time=start, completion_time=completion)
     if job_condition(job, JobCondition.SUCCEEDED):
-        result, problem = read_result(master_pod)
+        result, problem = read_result(master_pod, run_id)
         message = f"PyTorchJob {name} succeeded"
         if result is not None and result.train_loss is not None:
             message += f" (loss {format_loss(result.train_loss)})"
@@ -283,9 +292,7 @@ def run_summary(run: RunInfo, state: RunState | None, *, retired: bool = False) 
     return out
 
 
-def merge_previous_runs(
-    old: Sequence[Mapping[str, Any]], retired: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+def merge_previous_runs(old: Sequence[Mapping[str, Any]], retired: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Newest first, one entry per run id, at most MAX_PREVIOUS_RUNS."""
     out = [dict(r) for r in retired]
     seen = {r.get("id") for r in out}
@@ -308,9 +315,7 @@ def experiment_phase(obs: Observation, suspend: bool) -> tuple[str, str, str]:
     return state.phase, state.reason, state.message
 
 
-def desired_conditions(
-    obs: Observation, phase: str, reason: str, message: str
-) -> dict[str, tuple[str, str, str]]:
+def desired_conditions(obs: Observation, phase: str, reason: str, message: str) -> dict[str, tuple[str, str, str]]:
     """type -> (status, reason, message) for every condition type."""
     state = obs.state
     summary = _PHASE_SENTENCE[phase]

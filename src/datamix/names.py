@@ -97,6 +97,7 @@ class Reason:
     JOB_RESTARTING: Final = "JobRestarting"
     JOB_SUCCEEDED: Final = "JobSucceeded"
     JOB_FAILED: Final = "JobFailed"
+    NON_FINITE_LOSS: Final = "NonFiniteLoss"  # the trainer stopped on a NaN/Inf loss or gradient
     SUSPENDED: Final = "Suspended"
     INVALID_SPEC: Final = "InvalidSpec"
     POLICY_VIOLATION: Final = "PolicyViolation"  # the cluster's DataMix policy refuses the spec
@@ -113,6 +114,7 @@ class Reason:
     RUN_RETIRED: Final = "RunRetired"
     RESUMED: Final = "Resumed"
     PROGRESS_RESUMED: Final = "ProgressResumed"
+    FOREIGN_POD: Final = "ForeignPodIgnored"  # a pod labelled like the run's master, not owned by its job
 
 
 # ---- a DataMixtureSweep's experiments (trials and the final run) -------------------------------

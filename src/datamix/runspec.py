@@ -228,18 +228,35 @@ class RunResult:
             doc = json.loads(text)
             if doc.get("v") != RUN_RESULT_VERSION:
                 raise RunSpecError(f"run result version {doc.get('v')!r} is not {RUN_RESULT_VERSION}")
+            if not isinstance(doc["run"], str) or not isinstance(doc["val"], list) or not isinstance(doc["tok"], list):
+                raise TypeError("run must be a string, val and tok lists")
             return cls(
                 run=doc["run"],
-                train_loss=doc["loss"],
-                validation_loss=tuple(doc["val"]),
-                tokens=tuple(int(t) for t in doc["tok"]),
-                steps=int(doc["steps"]),
-                consumed_samples=int(doc["samples"]),
-                wall_seconds=float(doc["wall"]),
+                train_loss=_loss(doc["loss"]),
+                validation_loss=tuple(_loss(v) for v in doc["val"]),
+                tokens=tuple(_count(t) for t in doc["tok"]),
+                steps=_count(doc["steps"]),
+                consumed_samples=_count(doc["samples"]),
+                wall_seconds=float(_loss(doc["wall"]) or 0.0),
                 detail_truncated=bool(doc.get("trunc", False)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RunSpecError(f"malformed run result: {err}") from err
+
+
+def _loss(value: Any) -> float | None:
+    """A reported number: finite, or null (a run result is untrusted input to the operator)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a count")
+    return value
 
 
 def _round(value: float | None) -> float | None:

@@ -114,10 +114,17 @@ class FakeKube:
         }
         job["metadata"]["resourceVersion"] = str(next(self._rv))
 
-    def add_master_pod(self, job: str, *, message: str = "", exit_code: int = 0, namespace: str = "ns") -> None:
+    def add_master_pod(
+        self, job: str, *, message: str = "", exit_code: int = 0, namespace: str = "ns", owned: bool = True,
+        name: str = "",
+    ) -> None:
+        """A master pod of `job`, owned by it as the training-operator's pods are (or, with
+        `owned=False`, one that only carries its labels: anyone may create such a pod)."""
+        job_uid = self.objects[("job", namespace, job)]["metadata"]["uid"] if owned else "someone-else"
         pod = {
             "metadata": {
-                "name": f"{job}-master-0",
+                "name": name or f"{job}-master-0",
+                "ownerReferences": [{"kind": "PyTorchJob", "name": job, "uid": job_uid, "controller": True}],
                 "namespace": namespace,
                 "creationTimestamp": "2026-01-01T00:00:00Z",
                 "labels": {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"},

@@ -401,3 +401,23 @@ def test_missing_crd_message_is_the_same_from_create_and_from_get() -> None:
     rec.reconcile("ns", "mix-a")  # the GET path
     rec.reconcile("ns", "mix-a", full=True)  # the LIST path
     assert kube.experiment()["metadata"]["resourceVersion"] == rv
+
+
+def test_a_forged_master_pod_does_not_set_the_result() -> None:
+    kube, rec, _ = make()
+    kube.apply(manifest())
+    rec.reconcile("ns", "mix-a")
+    (job,) = kube.jobs()
+    name = job["metadata"]["name"]
+    run = job["metadata"]["labels"]["datamix.io/run"]
+    # a pod anyone could create, labelled as the master, newer than the real one, with a forged result
+    kube.add_master_pod(name, message=result_message(run, loss=0.01))
+    kube.add_master_pod(name, message=result_message(run, loss=0.001), owned=False, name="forged")
+    kube.objects[("pod", "ns", "forged")]["metadata"]["creationTimestamp"] = "2026-01-02T00:00:00Z"
+    kube.set_job_conditions(name, "Created", "Succeeded")
+    rec.on_job("ns", kube.jobs()[0])
+    status = kube.experiment()["status"]
+    assert status["loss"] == "0.01"
+    warnings = [e for e in kube.events if e["reason"] == "ForeignPodIgnored"]
+    assert len(warnings) == 1
+    assert "forged" in warnings[0]["message"]

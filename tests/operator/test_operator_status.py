@@ -253,3 +253,39 @@ def test_transitions_become_events() -> None:
     assert transitions(failed, failed) == []
     other = dict(failed, run={"id": "bbbbbbbb"})
     assert [t.reason for t in transitions(failed, other)] == ["RunStarted"]
+
+
+def _bad_loss(loss: object) -> str:
+    return result_message("1234abcd").replace('"loss":2.5', f'"loss":{loss}')
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        (_bad_loss('"low"'), "not a finite number"),
+        (_bad_loss("NaN"), "not a finite number"),
+        (_bad_loss("[1]"), "not a finite number"),
+        (result_message("1234abcd").replace('"steps":100', '"steps":-1'), "not a count"),
+        (result_message("1234abcd").replace('"v":1', '"pad":"' + "x" * 4096 + '","v":1'), "over 4096 bytes"),
+        (result_message("99999999"), "for run '99999999', not for this run (1234abcd)"),
+    ],
+)
+def test_an_untrusted_result_is_refused_with_a_message_not_an_error(message: str, problem: str) -> None:
+    result, why = read_result(master(message), run_id="1234abcd")
+    assert result is None
+    assert why is not None
+    assert problem in why
+    state = run_state(job("Succeeded"), master(message), run_id="1234abcd")
+    assert state.phase == "Succeeded"
+    assert problem in state.message
+    assert state.result is None
+
+
+def test_a_non_finite_loss_exit_fails_with_its_own_reason() -> None:
+    from datamix.runspec import NON_FINITE_LOSS_EXIT_CODE
+
+    state = run_state(job("Failed"), master("non-finite training at step 7", exit_code=NON_FINITE_LOSS_EXIT_CODE))
+    assert state.phase == "Failed"
+    assert state.reason == "NonFiniteLoss"
+    assert "step 7" in state.message
+    assert run_state(job("Failed"), master("boom", exit_code=1)).reason == "JobFailed"
