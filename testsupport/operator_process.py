@@ -51,7 +51,9 @@ class OperatorProcess:
         log_path: Path | None = None,
         resync_seconds: float = 15.0,
         trainer_image: str | None = TRAINER_IMAGE,
+        datamix: str = DATAMIX,
     ) -> None:
+        self.datamix = datamix  # another environment's `datamix` runs another version (the upgrade test)
         self.kubeconfig = str(kubeconfig)
         self.namespaces = list(namespaces)
         self.extra_args = list(extra_args)
@@ -68,12 +70,15 @@ class OperatorProcess:
         self.liveness_port = 0
         self.metrics_port = 0
         self.starts = 0
+        # POD_NAME as in a pod: the same across restarts of this process (the leader Lease's holder
+        # identity), different between two OperatorProcesses.
+        self.pod_name = f"operator-{uuid.uuid4().hex[:8]}"
 
     def command(self) -> list[str]:
         scope = [f"--namespace={ns}" for ns in self.namespaces] or ["--all-namespaces"]
         image = ["--trainer-image", self.trainer_image] if self.trainer_image else []
         return [
-            DATAMIX, "operator", *scope, *image,
+            self.datamix, "operator", *scope, *image,
             "--bind-address", "127.0.0.1",
             "--liveness-port", str(self.liveness_port),
             "--metrics-port", str(self.metrics_port),
@@ -86,7 +91,8 @@ class OperatorProcess:
         self.liveness_port, self.metrics_port = free_port(), free_port()
         cmd = self.command()
         inherited = {k: v for k, v in os.environ.items() if k != "DATAMIX_WATCH_NAMESPACES"}
-        full_env = {**inherited, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
+        full_env = {**inherited, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1", "POD_NAME": self.pod_name,
+                    **self.env, **(env or {})}
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"### start {self.starts}: {' '.join(cmd)}\n".encode())

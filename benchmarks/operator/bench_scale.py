@@ -1,28 +1,39 @@
 #!/usr/bin/env python3
-"""Scale benchmark of the operator on the local control plane (tools/cluster), printed figures.
+"""Scale benchmark of the operator on a private local control plane (tools/cluster), printed figures.
 
-    .venv/bin/python -m benchmarks.operator.bench_scale [--experiments 200] [--gpus 1]
+    .venv/bin/python -m benchmarks.operator.bench_scale [--experiments 1000] [--latency-experiments 200]
 
 (from the repository root: it imports the shared test-support package, testsupport/)
 
-1. Adds its own kwok nodes (8 GPUs each, labelled and tainted with a pool id) so that every pod
-   of every experiment fits at once.
-2. Floor: a plain Python client (same thread count as the operator's workers) creates the same
-   ConfigMaps and PyTorchJobs directly, as fast as it can, in namespace A.
-3. Operator: `datamix operator --namespace B` runs; the same number of DataMixtureExperiments are
-   created in B at once.
-For both: latency from the create (of the experiment, or of the floor's ConfigMap) until a watch
-sees the PyTorchJob (p50, p99, max), and the time from the first create until all pods are
-Running. For the operator: its peak RSS (VmHWM) and its own metrics.
-Everything it created (namespaces, nodes) is removed at the end.
+It starts a control plane of its own (tools/cluster/cluster.py in a temporary
+DATAMIX_CLUSTER_DIR) whose API server writes an audit log, adds kwok nodes (8 fake GPUs each) so
+that every pod fits at once, and removes everything at the end (--keep-cluster keeps it).
+
+1. Latency at --latency-experiments (default 200), 1 node x 1 GPU each:
+   - floor: a plain Python client, as many threads as the operator has workers, creates the same
+     ConfigMaps and PyTorchJobs directly, in namespace A;
+   - operator: `datamix operator --namespace B`; the same number of experiments created at once.
+   For both: from the create (of the experiment, or of the floor's ConfigMap) until a watch sees
+   the PyTorchJob (p50, p99, max), and from the first create until every pod is Running.
+2. Scale at --experiments (default 1000) in namespace C with a fresh operator: all pods Running,
+   all experiments' statuses Running; the operator's peak RSS (VmHWM); then one steady-state
+   resync pass (nothing changes in the cluster): every API request the operator made during it,
+   counted from the API server's audit log (user agents `datamix-operator` and kopf's), by verb
+   and resource.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +47,23 @@ from datamix import GROUP, PLURAL, VERSION
 from testsupport import clusterlib
 from testsupport.experiments import POOL_LABEL, apply_crd, e2e_manifest
 from testsupport.operator_process import OperatorProcess
+from tools.cluster.health import health as cluster_health
 from tools.cluster.nodes import H100, fake_node_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+OPERATOR_AGENTS = ("datamix-operator", "kopf/")
+# Metadata of every request but the fake nodes' heartbeats (kwok renews one Lease per node).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: None
+    namespaces: [kube-node-lease]
+  - level: None
+    resources: [{group: "", resources: [nodes, nodes/status]}]
+  - level: Metadata
+"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -45,6 +72,67 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+# ----------------------------------------------------------------------------------------------
+# the private cluster
+
+
+class PrivateCluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.audit_log = root / "audit.log"
+        policy = root / "audit-policy.yaml"
+        root.mkdir(parents=True, exist_ok=True)
+        policy.write_text(AUDIT_POLICY)
+        self.env = {
+            **os.environ,
+            "DATAMIX_CLUSTER_DIR": str(root / "cluster"),
+            "DATAMIX_CLUSTER_APISERVER_ARGS": f"--audit-policy-file={policy} --audit-log-path={self.audit_log} "
+            "--audit-log-format=json --audit-log-maxsize=2000 --audit-log-maxbackup=1",
+        }
+
+    def run(self, command: str) -> None:
+        subprocess.run([*clusterlib.CLUSTER_CLI, command], env=self.env, check=True, stdout=subprocess.DEVNULL,
+                       cwd=REPO)
+
+    def up(self) -> clusterlib.Cluster:
+        self.run("up")
+        h = cluster_health(self.root / "cluster")
+        return clusterlib.Cluster(kubeconfig=Path(h["kubeconfig"]), bin_dir=Path(h["bin_dir"]),
+                                  state_dir=self.root / "cluster", server=h["server"], started_here=True)
+
+    def down(self) -> None:
+        self.run("down")
+
+
+def audit_requests(path: Path, since: datetime.datetime, until: datetime.datetime) -> list[dict[str, Any]]:
+    """The operator's completed requests received in [since, until] (UTC)."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            if '"ResponseComplete"' not in line or not any(a in line for a in OPERATOR_AGENTS):
+                continue
+            ev = json.loads(line)
+            if not str(ev.get("userAgent", "")).startswith(OPERATOR_AGENTS):
+                continue
+            received = datetime.datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            if since <= received <= until:
+                out.append(ev)
+    return out
+
+
+def describe(ev: dict[str, Any]) -> str:
+    ref = ev.get("objectRef") or {}
+    resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    verb = ev["verb"]
+    if verb == "get" and ref.get("name"):
+        verb = "get (one object)"
+    return f"{verb:<18} {resource}"
+
+
+# ----------------------------------------------------------------------------------------------
+# watching the children
 
 
 class Watcher:
@@ -104,17 +192,21 @@ def add_pool(api: Any, count: int) -> tuple[str, list[str]]:
         names.append(name)
     clusterlib.wait_for(lambda: all(any(c.type == "Ready" and c.status == "True"
                                         for c in core.read_node(n).status.conditions or []) for n in names),
-                        120, description="benchmark nodes Ready")
+                        300, description="benchmark nodes Ready")
     return pool, names
 
 
 def wait_running(watcher: Watcher, pods: int, timeout: float) -> float:
-    clusterlib.wait_for(lambda: len(watcher.pod_running) >= pods, timeout, interval=0.2,
+    clusterlib.wait_for(lambda: len(watcher.pod_running) >= pods, timeout, interval=0.5,
                         description=f"{pods} pods Running")
     return max(watcher.pod_running.values())
 
 
-def floor_run(api: Any, namespace: str, manifests: list[dict[str, Any]], workers: int, pods: int,
+# ----------------------------------------------------------------------------------------------
+# the runs
+
+
+def floor_run(api: Any, namespace: str, manifests: list[dict[str, Any]], workers: int,
               timeout: float) -> dict[str, Any]:
     from kubernetes import client
 
@@ -133,59 +225,117 @@ def floor_run(api: Any, namespace: str, manifests: list[dict[str, Any]], workers
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(create, manifests))
     clusterlib.wait_for(lambda: len(watcher.job_seen) >= len(manifests), timeout, description="floor jobs")
-    last_running = wait_running(watcher, pods, timeout)
+    last_running = wait_running(watcher, len(manifests), timeout)
     watcher.stop.set()
     latencies = [watcher.job_seen[n] - t for n, t in started.items()]
     return {"latencies": latencies, "all_running": last_running - t0, "submit": max(started.values()) - t0}
 
 
-def operator_run(api: Any, cluster: Any, namespace: str, manifests: list[dict[str, Any]], workers: int,
-                 pods: int, timeout: float) -> dict[str, Any]:
+def start_operator(cluster: Any, namespace: str, workers: int, resync_seconds: float) -> OperatorProcess:
+    op = OperatorProcess(cluster.kubeconfig, [namespace], resync_seconds=resync_seconds,
+                         extra_args=["--workers", str(workers), "--log-format", "json"])
+    return op.start()
+
+
+def create_experiments(api: Any, namespace: str, manifests: list[dict[str, Any]], workers: int,
+                       created: dict[str, float]) -> float:
     from kubernetes import client
 
     custom = client.CustomObjectsApi(api)
-    op = OperatorProcess(cluster.kubeconfig, [namespace], extra_args=["--workers", str(workers)],
-                         resync_seconds=300)
-    op.start()
-    watcher = Watcher(api, namespace).start()
-    time.sleep(1)
-    created: dict[str, float] = {}
-    rss_peak = 0
 
     def create(m: dict[str, Any]) -> None:
         created[render_children(m, namespace)[1]["metadata"]["name"]] = time.monotonic()
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, m)
 
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(create, manifests))
+    return time.monotonic() - t0
+
+
+def phases(api: Any, namespace: str) -> dict[str, int]:
+    from kubernetes import client
+
+    items = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    return dict(collections.Counter((i.get("status") or {}).get("phase", "none") for i in items))
+
+
+def operator_latency_run(api: Any, cluster: Any, namespace: str, manifests: list[dict[str, Any]], workers: int,
+                         timeout: float) -> dict[str, Any]:
+    op = start_operator(cluster, namespace, workers, resync_seconds=300)
+    watcher = Watcher(api, namespace).start()
+    time.sleep(1)
+    created: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(create, manifests))
-        submit = time.monotonic() - t0
+        submit = create_experiments(api, namespace, manifests, workers, created)
         clusterlib.wait_for(lambda: len(watcher.job_seen) >= len(manifests), timeout, description="jobs")
-        last_running = wait_running(watcher, pods, timeout)
-        # the experiments' statuses follow: all Running
-        clusterlib.wait_for(lambda: _phases(custom, namespace).get("Running", 0) >= len(manifests), timeout,
+        last_running = wait_running(watcher, len(manifests), timeout)
+        clusterlib.wait_for(lambda: phases(api, namespace).get("Running", 0) >= len(manifests), timeout,
                             description="every experiment Running")
-        all_status_running = time.monotonic() - t0
-        assert op.proc is not None
-        rss_peak = _vm_hwm(op.proc.pid)
+        status_running = time.monotonic() - t0
         metrics = op.metrics()
     finally:
         watcher.stop.set()
         op.stop()
-    latencies = [watcher.job_seen[n] - t for n, t in created.items()]
-    return {"latencies": latencies, "all_running": last_running - t0, "submit": submit,
-            "status_running": all_status_running, "rss_peak_mib": rss_peak / 1024, "metrics": metrics,
-            "log": str(op.log_path)}
+    return {"latencies": [watcher.job_seen[n] - t for n, t in created.items()], "all_running": last_running - t0,
+            "submit": submit, "status_running": status_running, "metrics": metrics, "log": str(op.log_path)}
 
 
-def _phases(custom: Any, namespace: str) -> dict[str, int]:
-    items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-    out: dict[str, int] = {}
-    for i in items:
-        phase = (i.get("status") or {}).get("phase", "none")
-        out[phase] = out.get(phase, 0) + 1
+RESYNC_DONE = re.compile(r"resync pass: (\d+) experiments in ([0-9.]+) s")
+
+
+def resync_passes(op: OperatorProcess) -> list[tuple[datetime.datetime, float, int]]:
+    """(end, seconds, experiments) of every resync pass in the operator's JSON log."""
+    out = []
+    for line in op.log_path.read_text(errors="replace").splitlines():
+        if "resync pass:" not in line or not line.startswith("{"):
+            continue
+        doc = json.loads(line)
+        m = RESYNC_DONE.search(doc.get("message", ""))
+        if m:
+            end = datetime.datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
+            out.append((end, float(m.group(2)), int(m.group(1))))
     return out
+
+
+def operator_scale_run(api: Any, cluster: Any, private: PrivateCluster, namespace: str,
+                       manifests: list[dict[str, Any]], workers: int, resync_seconds: float,
+                       timeout: float) -> dict[str, Any]:
+    op = start_operator(cluster, namespace, workers, resync_seconds=resync_seconds)
+    watcher = Watcher(api, namespace).start()
+    time.sleep(1)
+    created: dict[str, float] = {}
+    assert op.proc is not None
+    try:
+        t0 = time.monotonic()
+        create_experiments(api, namespace, manifests, workers, created)
+        last_running = wait_running(watcher, len(manifests), timeout)
+        clusterlib.wait_for(lambda: phases(api, namespace).get("Running", 0) >= len(manifests), timeout,
+                            interval=2, description="every experiment Running")
+        status_running = time.monotonic() - t0
+        # Steady state: the next resync pass that starts after everything is Running.
+        quiet = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+
+        def steady_pass() -> tuple[datetime.datetime, float, int] | None:
+            done = [p for p in resync_passes(op) if p[0] - datetime.timedelta(seconds=p[1]) > quiet]
+            return done[0] if done else None
+
+        end, seconds, count = clusterlib.wait_for(steady_pass, resync_seconds * 2 + timeout / 4, interval=1,
+                                                  description="a steady-state resync pass")
+        time.sleep(2)  # the audit log is written asynchronously
+        start = end - datetime.timedelta(seconds=seconds)
+        requests = audit_requests(private.audit_log, start, end + datetime.timedelta(seconds=0.5))
+        rss = _vm_hwm(op.proc.pid)
+        metrics = op.metrics()
+    finally:
+        watcher.stop.set()
+        op.stop()
+    return {"all_running": last_running - t0, "status_running": status_running, "rss_peak_mib": rss / 1024,
+            "pass_seconds": seconds, "pass_experiments": count,
+            "pass_requests": collections.Counter(describe(ev) for ev in requests),
+            "pass_writes": sum(1 for ev in requests if ev["verb"] in ("create", "update", "patch", "delete")),
+            "metrics": metrics, "log": str(op.log_path)}
 
 
 def _vm_hwm(pid: int) -> int:
@@ -205,62 +355,87 @@ def _metric(metrics: str, name: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiments", type=int, default=200)
-    ap.add_argument("--gpus", type=int, default=1, help="GPUs per experiment (1 node each)")
+    ap.add_argument("--experiments", type=int, default=1000, help="the scale run (0: skip it)")
+    ap.add_argument("--latency-experiments", type=int, default=200, help="the latency runs (0: skip them)")
     ap.add_argument("--workers", type=int, default=16, help="operator workers = floor client threads")
-    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--resync-seconds", type=float, default=60, help="the scale run's resync period")
+    ap.add_argument("--timeout", type=float, default=1200)
+    ap.add_argument("--keep-cluster", action="store_true")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
-    cluster = clusterlib.ensure_cluster()
+    root = Path(tempfile.mkdtemp(prefix="dmx-bench-"))
+    private = PrivateCluster(root)
+    t_up = time.monotonic()
+    cluster = private.up()
+    print(f"private cluster up in {time.monotonic() - t_up:.0f}s ({root})", file=sys.stderr)
     api = cluster.api_client()
-    apply_crd(cluster)
-    per_node = 8 // args.gpus
-    nodes_needed = -(-args.experiments // per_node)
-    pool, nodes = add_pool(api, nodes_needed)
-    namespaces: list[str] = []
+    results: dict[str, Any] = {}
     try:
-        manifests = [e2e_manifest(f"bench-{i:04d}", gpus=args.gpus, pool=pool, duration="30m", result=False)
-                     for i in range(args.experiments)]
-        floor_ns = clusterlib.create_namespace(api, "bench-floor")
-        namespaces.append(floor_ns)
-        t = time.monotonic()
-        floor = floor_run(api, floor_ns, manifests, args.workers, args.experiments, args.timeout)
-        print(f"floor done in {time.monotonic() - t:.1f}s; freeing the GPUs", file=sys.stderr)
-        clusterlib.delete_namespace(api, floor_ns, wait_pods=True, timeout=args.timeout)
-        op_ns = clusterlib.create_namespace(api, "bench-operator")
-        namespaces.append(op_ns)
-        oper = operator_run(api, cluster, op_ns, manifests, args.workers, args.experiments, args.timeout)
+        apply_crd(cluster)
+        nodes_needed = -(-max(args.experiments, args.latency_experiments) // 8)
+        pool, _nodes = add_pool(api, nodes_needed)
+
+        def manifests(n: int) -> list[dict[str, Any]]:
+            return [e2e_manifest(f"bench-{i:04d}", gpus=1, pool=pool, duration="60m", result=False) for i in range(n)]
+
+        if args.latency_experiments:
+            batch = manifests(args.latency_experiments)
+            floor_ns = clusterlib.create_namespace(api, "bench-floor")
+            results["floor"] = floor_run(api, floor_ns, batch, args.workers, args.timeout)
+            clusterlib.delete_namespace(api, floor_ns, wait_pods=True, timeout=args.timeout)
+            op_ns = clusterlib.create_namespace(api, "bench-latency")
+            results["operator"] = operator_latency_run(api, cluster, op_ns, batch, args.workers, args.timeout)
+            clusterlib.delete_namespace(api, op_ns, wait_pods=True, timeout=args.timeout)
+            print("latency runs done", file=sys.stderr)
+        if args.experiments:
+            scale_ns = clusterlib.create_namespace(api, "bench-scale")
+            results["scale"] = operator_scale_run(api, cluster, private, scale_ns, manifests(args.experiments),
+                                                  args.workers, args.resync_seconds, args.timeout)
     finally:
-        for ns in namespaces:
-            clusterlib.delete_namespace(api, ns, wait_pods=True, timeout=args.timeout)
-        clusterlib.delete_fake_nodes(api, nodes)
+        api.close()
+        if args.keep_cluster:
+            print(f"cluster kept: DATAMIX_CLUSTER_DIR={root / 'cluster'}", file=sys.stderr)
+        else:
+            private.down()
+            shutil.rmtree(root, ignore_errors=True)
 
-    def row(label: str, r: dict[str, Any]) -> str:
-        lat = r["latencies"]
-        return (f"{label:<28} {percentile(lat, 50):>8.3f} {percentile(lat, 99):>8.3f} {max(lat):>8.3f} "
-                f"{r['submit']:>9.2f} {r['all_running']:>13.2f}")
+    print(f"\n{os.cpu_count()} CPUs; {args.workers} operator workers = floor client threads; 1 node x 1 GPU "
+          f"per experiment on fake 8-GPU nodes")
+    if "floor" in results:
+        def row(label: str, r: dict[str, Any]) -> str:
+            lat = r["latencies"]
+            return (f"{label:<28} {percentile(lat, 50):>8.3f} {percentile(lat, 99):>8.3f} {max(lat):>8.3f} "
+                    f"{r['submit']:>9.2f} {r['all_running']:>13.2f}")
 
-    print(f"\n{args.experiments} experiments x 1 node x {args.gpus} GPU on {nodes_needed} fake 8-GPU nodes; "
-          f"{args.workers} workers/threads; {os.cpu_count()} CPUs")
-    print(f"{'':<28} {'p50 s':>8} {'p99 s':>8} {'max s':>8} {'submit s':>9} {'all Running s':>13}")
-    print("create -> PyTorchJob present")
-    print(row("  floor (direct client)", floor))
-    print(row("  operator", oper))
-    print(f"experiments' status all Running after {oper['status_running']:.2f}s")
-    print(f"operator peak RSS (VmHWM): {oper['rss_peak_mib']:.1f} MiB")
-    for name in ("datamix_operator_runs_created_total", "datamix_operator_reconcile_errors_total",
-                 "datamix_operator_reconcile_duration_seconds_count",
-                 "datamix_operator_reconcile_duration_seconds_sum"):
-        print(f"  {_metric(oper['metrics'], name)}")
+        floor, oper = results["floor"], results["operator"]
+        print(f"\n{args.latency_experiments} experiments created at once")
+        print(f"{'':<28} {'p50 s':>8} {'p99 s':>8} {'max s':>8} {'submit s':>9} {'all Running s':>13}")
+        print("create -> PyTorchJob present")
+        print(row("  floor (direct client)", floor))
+        print(row("  operator", oper))
+        p50 = percentile(oper["latencies"], 50) / percentile(floor["latencies"], 50)
+        p99 = percentile(oper["latencies"], 99) / percentile(floor["latencies"], 99)
+        print(f"  operator / floor: p50 {p50:.2f}x, p99 {p99:.2f}x")
+        print(f"experiments' status all Running after {oper['status_running']:.2f}s")
+        for name in ("datamix_operator_runs_created_total", "datamix_operator_reconcile_errors_total",
+                     "datamix_operator_reconcile_duration_seconds_count",
+                     "datamix_operator_reconcile_duration_seconds_sum"):
+            print(f"  {_metric(oper['metrics'], name)}")
+    if "scale" in results:
+        s = results["scale"]
+        print(f"\n{args.experiments} experiments: all pods Running after {s['all_running']:.1f}s, every "
+              f"experiment's status Running after {s['status_running']:.1f}s")
+        print(f"operator peak RSS (VmHWM): {s['rss_peak_mib']:.1f} MiB")
+        total = sum(s["pass_requests"].values())
+        print(f"one steady-state resync pass ({s['pass_experiments']} experiments, {s['pass_seconds']:.2f}s): "
+              f"{total} API requests of the operator, {s['pass_writes']} writes (audit log)")
+        for what, n in sorted(s["pass_requests"].items(), key=lambda kv: -kv[1]):
+            print(f"  {n:>6}  {what}")
+        for name in ("datamix_operator_reconcile_duration_seconds_count", "datamix_operator_reconcile_errors_total"):
+            print(f"  {_metric(s['metrics'], name)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "experiments": args.experiments, "gpus": args.gpus, "workers": args.workers,
-            "floor": {k: v for k, v in floor.items() if k != "latencies"}
-            | {"p50": percentile(floor["latencies"], 50), "p99": percentile(floor["latencies"], 99)},
-            "operator": {k: v for k, v in oper.items() if k not in ("latencies", "metrics")}
-            | {"p50": percentile(oper["latencies"], 50), "p99": percentile(oper["latencies"], 99)},
-        }, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import uuid
 from typing import Any
 
 from datamix.errors import UserError
@@ -13,8 +15,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "operator",
         help="run the operator (reconciles DataMixtureExperiments into ConfigMaps and PyTorchJobs)",
-        description="Run the DataMix operator in this process: one replica, no peering. Kubeconfig "
-        "from $KUBECONFIG, else in-cluster, else ~/.kube/config.",
+        description="Run the DataMix operator in this process. Several may run at once: the holder of a "
+        "Lease acts, the others stand by. Kubeconfig from $KUBECONFIG, else in-cluster, else ~/.kube/config.",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
@@ -57,7 +59,55 @@ def register(subparsers: Any) -> None:
         "--pytorchjob-api", default="kubeflow.org/v1", metavar="GROUP/VERSION",
         help="where PyTorchJobs are served (tests point it at an absent API to exercise the missing-CRD path)",
     )
+    le = p.add_argument_group("leader election (a coordination.k8s.io/v1 Lease; client-go's timing)")
+    le.add_argument(
+        "--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+        help="only the holder of the Lease reconciles (default: on; off only when exactly one operator runs)",
+    )
+    le.add_argument(
+        "--leader-elect-namespace", metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the pod's own namespace, else the first "
+        "--namespace)",
+    )
+    le.add_argument("--leader-elect-id", default="datamix-operator", metavar="NAME", help="name of the Lease")
+    le.add_argument("--leader-elect-lease-duration", type=float, default=15.0, metavar="SECONDS",
+                    help="a standby takes over after seeing the Lease unrenewed this long")
+    le.add_argument("--leader-elect-renew-deadline", type=float, default=10.0, metavar="SECONDS",
+                    help="the leader stops acting when it could not renew for this long")
+    le.add_argument("--leader-elect-retry-period", type=float, default=2.0, metavar="SECONDS",
+                    help="seconds between attempts to acquire or renew")
     p.set_defaults(func=cmd_operator)
+
+
+IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def lease_settings(args: argparse.Namespace, namespaces: list[str]) -> Any:
+    """The Lease of `--leader-elect`, or None when it is off."""
+    from datamix_operator.leader import LeaseSettings
+
+    if not args.leader_elect:
+        return None
+    namespace = args.leader_elect_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace and os.path.exists(IN_CLUSTER_NAMESPACE):
+        with open(IN_CLUSTER_NAMESPACE) as f:
+            namespace = f.read().strip()
+    namespace = namespace or (namespaces[0].strip() if namespaces else None)
+    if not namespace:
+        raise UserError("operator: --all-namespaces outside a pod: give --leader-elect-namespace NS "
+                        "(where the Lease lives) or --no-leader-elect")
+    # The pod's name where there is one: unique among live pods, and kept when the container restarts,
+    # so a crashed operator's restart holds the Lease again at once instead of a lease duration
+    # later. Outside a pod, unique per process (two operators on one host are two candidates).
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return LeaseSettings(
+        namespace=namespace,
+        name=args.leader_elect_id,
+        identity=identity,
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+    )
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -85,6 +135,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             progress_interval=args.progress_interval,
             progress_workers=args.progress_workers,
             policy=load_policy(args.policy) if args.policy else None,
+            lease=lease_settings(args, namespaces),
         )
     except ValueError as err:
         raise UserError(f"operator: {err}") from err

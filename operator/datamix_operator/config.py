@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from datamix.policy import PolicyParams
 from datamix_operator.kube import JobApi
+from datamix_operator.leader import LeaseSettings
 from datamix_operator.render import DEFAULT_TRAINER_IMAGE
 
 
@@ -37,6 +38,8 @@ class OperatorConfig:
     """Threads reading metrics endpoints (connections at a time)."""
     policy: PolicyParams | None = None
     """The cluster's DataMix policy (--policy); None: checked at admission only."""
+    lease: LeaseSettings | None = None
+    """Leader election (leader.py); None: this process always acts (one replica only)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -60,6 +63,7 @@ class OperatorConfig:
         progress_interval: float = 30.0,
         progress_workers: int = 8,
         policy: PolicyParams | None = None,
+        lease: LeaseSettings | None = None,
     ) -> OperatorConfig:
         for ns in namespaces:
             if not ns or len(ns) > 63 or not all(c.isalnum() or c == "-" for c in ns) or ns != ns.lower():
@@ -77,6 +81,8 @@ class OperatorConfig:
             raise ValueError("--progress-interval must be 0 (off) or positive")
         if progress_workers < 1:
             raise ValueError("--progress-workers must be at least 1")
+        if lease is not None:
+            lease.check()
         return cls(
             namespaces=tuple(dict.fromkeys(namespaces)),
             trainer_image=trainer_image or DEFAULT_TRAINER_IMAGE,
@@ -92,4 +98,5 @@ class OperatorConfig:
             progress_interval=progress_interval,
             progress_workers=progress_workers,
             policy=policy,
+            lease=lease,
         )

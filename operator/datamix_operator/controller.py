@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from datamix_operator.kube import KubeApi, KubeError
+from datamix_operator.kube import KubeApi, KubeError, NotLeader
 from datamix_operator.reconcile import Conflict, Request
 from datamix_operator.workqueue import ExponentialBackoff, WorkQueue
 
@@ -55,8 +56,10 @@ class Controller:
         workers: int = 1,
         queue: WorkQueue[Key] | None = None,
         kind: str = "experiment",
+        acting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.reconciler = reconciler
+        self.acting = acting  # False while another process holds the leader Lease (leader.py)
         self.errors = errors
         self.workers = workers
         self.kind = kind  # for the log
@@ -71,8 +74,8 @@ class Controller:
         self.submit(Request(namespace, name, full=full))
 
     def submit(self, request: Request | None) -> None:
-        if request is None:
-            return
+        if request is None or not self.acting():
+            return  # a standby queues nothing: taking the Lease over starts with a full resync
         key = (request.namespace, request.name)
         with self._asked_lock:
             asked = self._asked.setdefault(key, _Asked())
@@ -102,8 +105,13 @@ class Controller:
 
     def _reconcile(self, key: Key, asked: _Asked) -> None:
         namespace, name = key
+        if not self.acting():
+            return
         try:
             retry = self.reconciler.reconcile(namespace, name, full=asked.full, new=asked.body)
+        except NotLeader as err:  # the Lease was lost mid-way: the new leader takes it from here
+            log.info("reconciling %s %s/%s stopped: %s", self.kind, namespace, name, err)
+            return
         except Exception as err:
             if self.errors is not None:
                 self.errors.inc()
@@ -125,6 +133,10 @@ class Controller:
 
     def stop(self) -> None:
         self.queue.shutdown()
+
+    def busy(self) -> bool:
+        """Whether objects wait for a worker or are being reconciled (delayed retries aside)."""
+        return self.queue.busy()
 
     def _work(self) -> None:
         while self.process_next():

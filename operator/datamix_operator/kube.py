@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,10 @@ class AlreadyExists(KubeError):
 
 class ResourceMissing(KubeError):
     """The API server does not serve the resource at all (its CRD is missing)."""
+
+
+class NotLeader(KubeError):
+    """A write was not sent: this process does not hold the leader Lease (leader.py)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,15 @@ class ClientKube:
     first call of each method, 10 ms each after): the operator issues the few REST calls it needs
     itself, on the same TLS settings and credentials (thread-safe; one pool)."""
 
-    def __init__(self, configuration: Any = None, job_api: JobApi | None = None, pool_size: int = 32) -> None:
+    def __init__(
+        self,
+        configuration: Any = None,
+        job_api: JobApi | None = None,
+        pool_size: int = 32,
+        fence: Callable[[], float] | None = None,
+    ) -> None:
+        """`fence`: seconds this process may still write (leader.Leadership.remaining); every
+        write is refused when it is not positive, and times out by then."""
         from kubernetes import client
 
         cfg = configuration or load_client_configuration()
@@ -114,6 +127,7 @@ class ClientKube:
         self.job_api = job_api or JobApi()
         self.host: str = cfg.host.rstrip("/")
         self.timeout = 30.0
+        self.fence = fence
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]
@@ -126,7 +140,14 @@ class ClientKube:
         query: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> Any:
+        timeout = timeout or self.timeout
+        if method != "GET" and self.fence is not None:
+            left = self.fence()
+            if left <= 0:
+                raise NotLeader(0, f"{method} {path} not sent: this process does not hold the leader lease")
+            timeout = min(timeout, left)
         headers = {"Accept": "application/json", "User-Agent": "datamix-operator"}
         auth = self.configuration.get_api_key_with_prefix("BearerToken") or self.configuration.get_api_key_with_prefix(
             "authorization"
@@ -139,7 +160,7 @@ class ClientKube:
             data = json.dumps(body).encode()
         url = self.host + path + ("?" + urllib.parse.urlencode(query) if query else "")
         try:
-            resp = self.pool.request(method, url, body=data, headers=headers, timeout=self.timeout, retries=False)
+            resp = self.pool.request(method, url, body=data, headers=headers, timeout=timeout, retries=False)
         except Exception as err:  # urllib3 errors: connection refused, TLS, timeouts
             raise KubeError(0, f"API server unreachable: {err}") from err
         if resp.status >= 400:
@@ -239,6 +260,25 @@ class ClientKube:
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._request("POST", self._core(namespace, "events"), body=body)
+
+    # -- Leases (leader.py; its own ClientKube, without a fence)
+
+    def _lease(self, namespace: str, name: str = "") -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases" + (f"/{name}" if name else "")
+
+    def get_lease(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", self._lease(namespace, name), timeout=timeout)  # type: ignore[no-any-return]
+        except NotFound:
+            return None
+
+    def create_lease(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return self._request("POST", self._lease(namespace), body=body, timeout=timeout)  # type: ignore[no-any-return]
+
+    def replace_lease(self, namespace: str, name: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        return self._request(  # type: ignore[no-any-return]
+            "PUT", self._lease(namespace, name), body=body, timeout=timeout
+        )
 
 
 def _error(status: int, raw: Any) -> KubeError:

@@ -15,6 +15,11 @@ same safety net without one.
 
 Only event handlers are registered, so kopf stores no progress or diff-base annotations on the
 experiments; the storages are still set to the project's `datamix.io/` prefix.
+
+With leader election (leader.py; on by default) every replica watches, but only the holder of the
+Lease reconciles and resyncs: a standby's handlers queue nothing, and the first thing a new leader
+does is a full resync. /healthz fails when a part that keeps experiments moving has died: a kopf
+watch, the resync loop, the leader-election thread.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import contextlib
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -42,7 +49,8 @@ from datamix.sweep_schema import SWEEP_PLURAL
 from datamix_operator.admission import Admission
 from datamix_operator.config import OperatorConfig
 from datamix_operator.controller import Controller, EventPoster
-from datamix_operator.kube import ClientKube, KubeError, load_client_configuration
+from datamix_operator.kube import ClientKube, load_client_configuration
+from datamix_operator.leader import LeaderElector, Leadership
 from datamix_operator.metrics import Metrics, serve
 from datamix_operator.progress import ProgressTracker
 from datamix_operator.reconcile import Reconciler
@@ -94,40 +102,117 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     )
 
 
+class Health:
+    """The parts that keep experiments moving, for /healthz: the resync loop, the
+    leader-election thread and kopf's watch streams (each resource x namespace)."""
+
+    WATCHER = "watcher for "  # kopf's name of a watch-stream task (kopf/_core/reactor/orchestration.py)
+
+    def __init__(self, elector: LeaderElector | None) -> None:
+        self.elector = elector
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # ours: resync, watch monitor
+        self.watchers: dict[str, asyncio.Task[Any]] = {}  # kopf's, as last seen alive
+        self.dead_watchers: dict[str, str] = {}
+
+    def scan_watchers(self) -> None:
+        """Note kopf's watch-stream tasks; one that ended by itself (kopf cancels the ones it stops
+        on purpose, e.g. when a CRD goes away) and was not replaced is dead."""
+        alive = {t.get_name(): t for t in asyncio.all_tasks() if t.get_name().startswith(self.WATCHER)}
+        for name, task in list(self.watchers.items()):
+            if name in alive or not task.done():
+                continue
+            del self.watchers[name]
+            if not task.cancelled():
+                err = task.exception()
+                self.dead_watchers[name] = f"{name[len(self.WATCHER):]} ended: {err!r}" if err else "ended"
+                log.error("the %s has died (%s): /healthz now fails", name, err)
+        for name, task in alive.items():
+            self.watchers[name] = task
+            self.dead_watchers.pop(name, None)
+
+    def problems(self) -> list[str]:
+        out = [f"the {name} has stopped" for name, task in self.tasks.items() if task.done()]
+        if self.elector is not None and not self.elector.alive():
+            out.append(f"leader election has stopped ({self.elector.failed!r})")
+        out += [f"watch {what}" for what in self.dead_watchers.values()]
+        return out
+
+
+async def watch_monitor(health: Health, interval: float = 2.0) -> None:
+    while True:
+        health.scan_watchers()
+        await asyncio.sleep(interval)
+
+
+class Wakeup:
+    """Wakes the resync loop early, from any thread (the leader-election thread, on acquiring)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event: asyncio.Event | None = None
+        self.pending = False  # set before the loop runs: the first pass starts at once
+
+    def bind(self) -> asyncio.Event:
+        self.loop, self.event = asyncio.get_running_loop(), asyncio.Event()
+        if self.pending:
+            self.event.set()
+        return self.event
+
+    def __call__(self) -> None:
+        self.pending = True
+        if self.loop is not None and self.event is not None:
+            self.loop.call_soon_threadsafe(self.event.set)
+
+
 def build_registry(
     config: OperatorConfig,
     reconciler: Reconciler,
     controller: Controller,
     kube: ClientKube,
+    leadership: Leadership,
+    health: Health,
+    wakeup: Wakeup,
     progress: ProgressTracker | None = None,
     sweeps: SweepController | None = None,
 ) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     job_api = config.job_api
     ours = {LABEL_MANAGED_BY: MANAGED_BY}
+    acting = leadership.is_leader
 
     @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(load_client_configuration())
 
     @kopf.on.startup(id="startup", registry=registry)
-    async def startup(memo: kopf.Memo, **_: Any) -> None:
-        memo["resync"] = asyncio.create_task(resync_loop(config, controller, kube, sweeps), name="datamix resync")
+    async def startup(**_: Any) -> None:
+        health.tasks["resync loop"] = asyncio.create_task(
+            resync_loop(config, controller, kube, leadership, wakeup.bind(), sweeps), name="datamix resync"
+        )
+        health.tasks["watch monitor"] = asyncio.create_task(watch_monitor(health), name="datamix watch monitor")
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
-    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    async def cleanup(**_: Any) -> None:
+        if health.elector is not None:
+            health.elector.stop()  # no write from here on; the Lease is released once kopf stopped
         controller.stop()
         if sweeps is not None:
             sweeps.stop()
-        task = memo.get("resync")
-        if task is not None:
+        for task in health.tasks.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    @kopf.on.probe(id="healthy", registry=registry, errors=kopf.ErrorsMode.PERMANENT)
+    def healthy(**_: Any) -> str:
+        problems = health.problems()
+        if problems:
+            raise kopf.PermanentError("; ".join(problems))
+        return "leader" if acting() else "standby"
+
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx", registry=registry)
     def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is None:
+        if namespace is None or not acting():
             return
         deleted = type == "DELETED"
         if deleted:
@@ -138,12 +223,12 @@ def build_registry(
 
     @kopf.on.event(job_api.group, job_api.version, job_api.plural, id="job", labels=ours, registry=registry)
     def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace is None:
+        if namespace is None or not acting():
             return
         controller.submit(reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED")))
 
     if sweeps is not None:
-        sweep_handlers(registry, sweeps)
+        sweep_handlers(registry, sweeps, acting)
 
     def master_finished(body: kopf.Body, **_: Any) -> bool:
         return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")  # the pod's phase
@@ -168,46 +253,80 @@ def build_registry(
     return registry
 
 
-def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController) -> None:
+def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController, acting: Callable[[], bool]) -> None:
     @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
     def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is None:
+        if namespace is None or not acting():
             return
         sweeps.on_sweep(namespace, name, deleted=(type == "DELETED"))
 
     # The same watch as experiment_event (kopf watches a resource once): trials and final runs.
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx-sweep", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
     def sweep_experiment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace is not None:
+        if namespace is not None and acting():
             sweeps.on_experiment(namespace, dict(body.metadata.labels))
 
 
-async def resync_loop(config: OperatorConfig, controller: Controller, kube: ClientKube,
-                      sweeps: SweepController | None = None) -> None:
-    """Reconcile every experiment and sweep every `resync_seconds`, whatever the watches delivered."""
+async def resync_loop(
+    config: OperatorConfig,
+    controller: Controller,
+    kube: ClientKube,
+    leadership: Leadership,
+    wake: asyncio.Event,
+    sweeps: SweepController | None = None,
+) -> None:
+    """On the leader: queue every experiment and sweep every `resync_seconds`, whatever the
+    watches delivered, and at once on becoming leader. Survives any error of a pass."""
     loop = asyncio.get_running_loop()
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="resync") as pool:
         while True:
-            await asyncio.sleep(config.resync_seconds)
-            for namespace in config.namespaces or (None,):
-                try:
-                    items = await loop.run_in_executor(pool, kube.list_experiments, namespace)
-                except KubeError as err:
-                    log.warning("resync: cannot list experiments in %s: %s", namespace or "all namespaces", err)
-                    continue
-                for item in items:
-                    meta = item.get("metadata") or {}
-                    controller.enqueue(meta["namespace"], meta["name"], full=True)
-                if sweeps is None:
-                    continue
-                try:
-                    swept = await loop.run_in_executor(pool, sweeps.reconciler.kube.list_sweeps, namespace)
-                except KubeError as err:  # e.g. the sweep CRD is not installed
-                    log.debug("resync: cannot list sweeps in %s: %s", namespace or "all namespaces", err)
-                    continue
-                for item in swept:
-                    meta = item.get("metadata") or {}
-                    sweeps.enqueue(meta["namespace"], meta["name"])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), config.resync_seconds)
+            wake.clear()
+            if not leadership.is_leader():
+                continue
+            started = time.monotonic()
+            try:
+                count = await resync_pass(config, controller, kube, loop, pool, sweeps)
+                # The pass ends when the queue has worked off what it queued (or the next is due).
+                while controller.busy() and time.monotonic() < started + config.resync_seconds:
+                    await asyncio.sleep(0.1)
+                log.info("resync pass: %d experiments in %.2f s", count, time.monotonic() - started)
+            except Exception:
+                log.exception("resync pass failed; the resync loop goes on")
+
+
+async def resync_pass(
+    config: OperatorConfig,
+    controller: Controller,
+    kube: ClientKube,
+    loop: asyncio.AbstractEventLoop,
+    pool: concurrent.futures.Executor,
+    sweeps: SweepController | None = None,
+) -> int:
+    """Queue every experiment and sweep; returns how many experiments."""
+    count = 0
+    for namespace in config.namespaces or (None,):
+        try:
+            items = await loop.run_in_executor(pool, kube.list_experiments, namespace)
+        except Exception as err:
+            log.warning("resync: cannot list experiments in %s: %s", namespace or "all namespaces", err)
+            continue
+        for item in items:
+            meta = item.get("metadata") or {}
+            controller.enqueue(meta["namespace"], meta["name"], full=True)
+            count += 1
+        if sweeps is None:
+            continue
+        try:
+            swept = await loop.run_in_executor(pool, sweeps.reconciler.kube.list_sweeps, namespace)
+        except Exception as err:
+            log.debug("resync: cannot list sweeps in %s: %s", namespace or "all namespaces", err)
+            continue
+        for item in swept:
+            meta = item.get("metadata") or {}
+            sweeps.enqueue(meta["namespace"], meta["name"])
+    return count
 
 
 def run(config: OperatorConfig) -> None:
@@ -220,7 +339,22 @@ def run(config: OperatorConfig) -> None:
         # kopf logs every handled event at INFO, and aiohttp every liveness probe.
         for noisy in ("kopf.objects", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    kube = ClientKube(job_api=config.job_api, pool_size=max(32, config.workers * 2))
+    wakeup = Wakeup()
+    elector: LeaderElector | None = None
+    leadership = Leadership()
+    reconciler: Reconciler | None = None
+
+    def started_leading() -> None:
+        if reconciler is not None:
+            reconciler.reset()
+        wakeup()  # a full resync, at once
+
+    if config.lease is not None:
+        # Its own client and connection pool: renewals never queue behind reconciliations.
+        elector = LeaderElector(ClientKube(job_api=config.job_api, pool_size=2), config.lease,
+                                on_started_leading=started_leading)
+        leadership = elector
+    kube = ClientKube(job_api=config.job_api, pool_size=max(32, config.workers * 2), fence=leadership.remaining)
     metrics = Metrics()
     progress = None
     if config.progress_interval > 0:
@@ -237,7 +371,8 @@ def run(config: OperatorConfig) -> None:
         progress=progress,
         admission=Admission(config.policy),
     )
-    controller = Controller(reconciler, errors=metrics.reconcile_errors, workers=config.workers)
+    controller = Controller(reconciler, errors=metrics.reconcile_errors, workers=config.workers,
+                            acting=leadership.is_leader)
     controller.start()
     if config.policy is None:
         log.warning("no --policy: the operator does not check the DataMix policy (docs/security.md)")
@@ -249,16 +384,25 @@ def run(config: OperatorConfig) -> None:
     sweeps = SweepController(SweepReconciler(SweepClient(kube), Fitter(), metrics=SweepMetrics(),
                                              post_event=reconciler.post_event, instance=reconciler.instance))
     sweeps.start()
-    registry = build_registry(config, reconciler, controller, kube, progress, sweeps)
+    health = Health(elector)
+    registry = build_registry(config, reconciler, controller, kube, leadership, health, wakeup, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
-    log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s", scope, kube.host,
-             config.job_api.api_version)
+    election = (f"leader election on Lease {config.lease.namespace}/{config.lease.name} as {config.lease.identity}"
+                if config.lease else "no leader election")
+    log.info("datamix operator: watching %s; API server %s; PyTorchJobs at %s; %s", scope, kube.host,
+             config.job_api.api_version, election)
     liveness = f"http://{config.bind_address}:{config.liveness_port}/healthz" if config.liveness_port else None
-    kopf.run(
-        registry=registry,
-        settings=operator_settings(config),
-        standalone=True,
-        clusterwide=config.clusterwide,
-        namespaces=list(config.namespaces),
-        liveness_endpoint=liveness,
-    )
+    if elector is not None:
+        elector.start()
+    try:
+        kopf.run(
+            registry=registry,
+            settings=operator_settings(config),
+            standalone=True,
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.release()  # stop acting, then hand the Lease to a standby at once

@@ -231,6 +231,12 @@ class Reconciler:
         # a job that is not the current run's: look for all of them (retire what is stale)
         return Request(namespace, experiment, full=not deleted and meta.get("name") != current_job)
 
+    def reset(self) -> None:
+        """Forget what this process learnt about the children: after a gap in leadership another
+        process may have acted, so the next reconciliation of each experiment lists its jobs."""
+        self._listed.clear()
+        self._job_seen.clear()
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._written.pop(key, None)
@@ -555,7 +561,7 @@ class Reconciler:
         for t in transitions(old, new):
             if t.reason == Reason.JOB_SUCCEEDED:
                 self.metrics.runs_succeeded.inc()
-            elif t.reason == Reason.JOB_FAILED:
+            elif t.reason in (Reason.JOB_FAILED, Reason.NON_FINITE_LOSS):
                 self.metrics.runs_failed.inc()
             self._event(exp, t.type, t.reason, t.message)
 

@@ -153,6 +153,9 @@ def render_configmap(plan: RunPlan) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(plan),
+        # A run's spec never changes (a change is a new run, a new name): the API server refuses
+        # edits, and a deleted one is created again identical (the same plan renders it).
+        "immutable": True,
         "data": {RUN_SPEC_KEY: plan.spec.to_json()},
     }
 

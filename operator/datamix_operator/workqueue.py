@@ -149,6 +149,11 @@ class WorkQueue(Generic[K]):
         with self._cond:
             return len(self._queue)
 
+    def busy(self) -> bool:
+        """Keys ready or being processed (delayed ones aside)."""
+        with self._cond:
+            return bool(self._queue or self._processing)
+
     def delayed(self) -> dict[K, float]:
         """Delayed keys and the seconds until each is due."""
         with self._cond:

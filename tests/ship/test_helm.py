@@ -62,6 +62,7 @@ NAMESPACED_RESOURCES = {
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},
 }
+LEASE_RESOURCES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}  # the release namespace only
 CLUSTER_RESOURCES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},  # kopf's namespace observer: namespaced mode only
@@ -196,8 +197,10 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     values = VALUE_SETS[name]
     dep = one(rendered[name], "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    pdb = one(rendered[name], "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -222,6 +225,9 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     assert namespaces == watched(values)
     assert ("--all-namespaces" in args) == (not namespaces)
     assert "--log-format=json" in args
+    assert "--leader-elect" in args
+    assert f"--leader-elect-id={dep['metadata']['name']}" in args
+    assert "--leader-elect-lease-duration=15" in args
     expected_sa = values.get("serviceAccount", {}).get("name") or dep["metadata"]["name"]
     assert pod["serviceAccountName"] == expected_sa
     if "trainerImage" in values:
@@ -229,7 +235,8 @@ def test_operator_deployment(name: str, rendered: dict[str, list[dict[str, Any]]
     else:
         assert not [a for a in args if a.startswith("--trainer-image")]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env == {"POD_NAME": None, **{e["name"]: e["value"] for e in values.get("operator", {}).get("env", [])}}
+    extra_env = {e["name"]: e["value"] for e in values.get("operator", {}).get("env", [])}
+    assert env == {"POD_NAME": None, "POD_NAMESPACE": None, **extra_env}
     image = values.get("image", {})
     if image.get("digest"):
         assert container["image"].endswith("@" + image["digest"])
@@ -249,6 +256,10 @@ def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, A
     sa = one(docs, "ServiceAccount")
     namespaces = watched(values)
     roles, cluster_roles = by_kind(docs, "Role"), by_kind(docs, "ClusterRole")
+    (lease_role,) = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "datamix-system"
+    assert grants(lease_role["rules"]) == LEASE_RESOURCES
+    roles = [r for r in roles if r is not lease_role]
     if namespaces:
         assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
         extra = {}
@@ -259,16 +270,18 @@ def test_rbac_is_least_privilege(name: str, rendered: dict[str, list[dict[str, A
             assert grants(role["rules"]) == {**NAMESPACED_RESOURCES, **extra}
         (cluster_role,) = cluster_roles
         assert grants(cluster_role["rules"]) == CLUSTER_RESOURCES
-        bindings = by_kind(docs, "RoleBinding")
+        bindings = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] != lease_role["metadata"]["name"]]
         assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
     else:
         assert not roles, "no Role for a cluster-wide install"
-        assert not by_kind(docs, "RoleBinding"), "no RoleBinding for a cluster-wide install"
+        assert [b["roleRef"]["name"] for b in by_kind(docs, "RoleBinding")] == [lease_role["metadata"]["name"]], \
+            "a cluster-wide install: only the Lease's RoleBinding"
         (cluster_role,) = cluster_roles
         cluster_wide = {k: v for k, v in CLUSTER_RESOURCES.items() if k != ("", "namespaces")}
         assert grants(cluster_role["rules"]) == {**NAMESPACED_RESOURCES, **cluster_wide}
         bindings = []
     bindings += by_kind(docs, "ClusterRoleBinding")
+    bindings += [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["name"] == lease_role["metadata"]["name"]]
     for binding in bindings:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "datamix-system"}]
@@ -447,4 +460,4 @@ def test_rbac_is_the_operators_documented_api_usage() -> None:
     """The chart grants exactly what docs/operator.md says the operator calls."""
     documented = operator_doc_rbac()
     assert documented, "docs/operator.md has no RBAC table"
-    assert documented == {**NAMESPACED_RESOURCES, **CLUSTER_RESOURCES}
+    assert documented == {**NAMESPACED_RESOURCES, **CLUSTER_RESOURCES, **LEASE_RESOURCES}

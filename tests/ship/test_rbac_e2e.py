@@ -144,6 +144,7 @@ NOT_ALLOWED_ANYWHERE = [
     ("patch", "datamixturesweeps.datamix.io"), ("update", "datamixturesweeps.datamix.io/status"),
     ("update", "configmaps"), ("patch", "configmaps"), ("watch", "configmaps"),
     ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"), ("patch", "events"),
+    ("delete", "leases.coordination.k8s.io"),
 ]
 ALLOWED_IN_WATCHED = [
     ("get", "datamixtureexperiments.datamix.io"), ("list", "datamixtureexperiments.datamix.io"),
@@ -162,6 +163,9 @@ ALLOWED_CLUSTER_READS = [
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("list", "namespaces"), ("watch", "namespaces"),
 ]
+# Leader election: the Lease in the operator's own namespace only.
+LEASE_VERBS = [("get", "leases.coordination.k8s.io"), ("create", "leases.coordination.k8s.io"),
+               ("update", "leases.coordination.k8s.io")]
 NOT_ALLOWED_CLUSTER = [("get", "customresourcedefinitions.apiextensions.k8s.io"), ("get", "namespaces"),
                        ("list", "nodes"), ("list", "clusterroles.rbac.authorization.k8s.io")]
 
@@ -192,6 +196,8 @@ def namespaced_can_i_table(watched: str, other: str, own: str) -> list[tuple[str
         table += [(verb, resource, ns, False) for ns in (other, own, "*")]
     table += [(verb, resource, None, True) for verb, resource in ALLOWED_CLUSTER_READS]
     table += [(verb, resource, None, False) for verb, resource in NOT_ALLOWED_CLUSTER]
+    for verb, resource in LEASE_VERBS:
+        table += [(verb, resource, own, True), (verb, resource, watched, False)]
     return table
 
 
@@ -284,8 +290,10 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
 
         # The operator's scenario under that token.
         admin = Admin(k8s_client)
+        # POD_NAMESPACE as the chart's downward API sets it: the leader Lease lives there.
+        own = {"POD_NAMESPACE": ns_op}
         with OperatorProcess(kubeconfig, [ns_watched], log_path=tmp_path / "operator.log", resync_seconds=5,
-                             trainer_image=None, extra_args=["--log-format=plain"]) as operator:
+                             trainer_image=None, extra_args=["--log-format=plain"], env=own) as operator:
             try:
                 first = step_first_run_succeeds(admin, ns_watched)
                 second = step_edit_starts_a_new_run(admin, ns_watched, first)
@@ -299,14 +307,14 @@ def test_namespaced_rbac_runs_the_operator_scenario(cluster: clusterlib.Cluster,
             assert_never_refused(operator.log_text())
 
         # The operator e2e suite's lifecycle scenario (testsupport/experiments.py), same token.
-        with OperatorProcess(kubeconfig, [ns_watched], log_dir=tmp_path) as op:
+        with OperatorProcess(kubeconfig, [ns_watched], log_dir=tmp_path, env=own) as op:
             done = lifecycle_scenario(k8s_client, cluster, ns_watched, op=op)
             assert argocd_health(done)["status"] == "Healthy"
             assert_never_refused(op.log_text())
 
         # A DataMixtureSweep under the same token: trials and the final run created, the fit, the
         # sweep's status written (the sweep rows of the RBAC table).
-        with OperatorProcess(kubeconfig, [ns_watched], log_dir=tmp_path) as op:
+        with OperatorProcess(kubeconfig, [ns_watched], log_dir=tmp_path, env=own) as op:
             sweep_scenario(k8s_client, ns_watched)
             assert_never_refused(op.log_text())
     finally:
@@ -357,6 +365,8 @@ def test_clusterwide_rbac_can_i_table(cluster: clusterlib.Cluster, crd_installed
                   for verb, resource in ALLOWED_CLUSTER_READS]
         table += [(verb, resource, None, False) for verb, resource in NOT_ALLOWED_CLUSTER]
         table.append(("get", "secrets", "*", False))
+        table += [(verb, resource, ns_op, True) for verb, resource in LEASE_VERBS]
+        table += [(verb, resource, ns_any, False) for verb, resource in LEASE_VERBS]
         assert_can_i(cluster, kubeconfig, table)
     finally:
         delete(cluster, [d for d in docs if d["kind"].startswith("Cluster")])

@@ -4,6 +4,7 @@
     python3 -m tools.cluster down    # stop every process it started (by pid), remove state
     python3 -m tools.cluster status  # JSON; exit 0 when healthy, 1 otherwise
     python3 -m tools.cluster env     # print the export lines of a running cluster
+    python3 -m tools.cluster stop-component kube-apiserver   # and start-component: outage tests
 
 (`python3 tools/cluster/cluster.py ...` is the same command, runnable from any directory.)
 
@@ -14,7 +15,8 @@ managed by kwok is created.
 
 State (PKI, kubeconfig, etcd data, logs, pids): $DATAMIX_CLUSTER_DIR or
 ${DATAMIX_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/datamix}/cluster. Only the standard library and
-the `openssl` command are used, so any python3 >= 3.9 can run it.
+the `openssl` command are used, so any python3 >= 3.9 can run it. $DATAMIX_CLUSTER_APISERVER_ARGS
+adds arguments to the API server (e.g. an audit log, benchmarks/operator/bench_scale.py).
 
 Modules, in the order a start uses them:
   settings       paths, pins, fixed names and addresses, the state dir

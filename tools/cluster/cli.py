@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from . import __doc__ as package_doc
-from .control_plane import cluster_down, cluster_up
+from .control_plane import cluster_down, cluster_up, start_component, stop_component
 from .health import health
-from .settings import ClusterError, log, state_dir
+from .settings import COMPONENTS, ClusterError, log, state_dir
 
 
 def export_lines(h: dict[str, Any]) -> str:
@@ -22,10 +22,18 @@ def export_lines(h: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tools/cluster", description=package_doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["up", "down", "status", "env"])
+    ap.add_argument("command", choices=["up", "down", "status", "env", "stop-component", "start-component"])
+    ap.add_argument("component", nargs="?", choices=COMPONENTS,
+                    help="stop-component/start-component: one component of the running cluster (outage tests)")
     args = ap.parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command in ("stop-component", "start-component") and not args.component:
+            raise ClusterError(f"{args.command} needs a component: {', '.join(COMPONENTS)}")
+        if args.command == "stop-component":
+            stop_component(args.component)
+        elif args.command == "start-component":
+            start_component(args.component)
+        elif args.command == "up":
             h = cluster_up()
             if not h["healthy"]:
                 raise ClusterError("cluster not healthy after start: " + json.dumps(h["components"]))

@@ -16,10 +16,10 @@ from typing import Any
 
 from .binaries import build_binaries, pytorchjob_crd_path
 from .certs import ensure_webhook_certs, make_pki
-from .health import health, health_urls, http_ok, wait_until
+from .health import health, health_urls, http_ok, read_state, wait_until
 from .kubeconfig import write_kubeconfig
 from .nodes import KWOK_ANNOTATION, default_pool
-from .processes import free_ports, leftover_pids, proc_alive, state_lock, stop_pids
+from .processes import free_ports, is_ours, leftover_pids, proc_alive, state_lock, stop_pids
 from .settings import (
     CONTROLLERS,
     CRD_NAME,
@@ -35,6 +35,19 @@ from .settings import (
 
 PORTS = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok", "operator_probe",
          "operator_webhook")
+
+
+def spawn(sdir: Path, bin_dir: Path, name: str, args: list[str],
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """One component as a process of its own session, its output appended to logs/<name>.log."""
+    cmd = [str(bin_dir / name), *args]
+    with open(sdir / "logs" / f"{name}.log", "ab") as out:
+        out.write(f"### {time.strftime('%FT%T')} {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=sdir, start_new_session=True, env={**os.environ, **(env or {})})
+    (sdir / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc
 
 
 class Starter:
@@ -69,16 +82,10 @@ class Starter:
         os.replace(tmp, self.sdir / "state.json")
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        logfile = self.logs / f"{name}.log"
-        cmd = [str(self.bin / name), *args]
-        with open(logfile, "ab") as out:
-            out.write(f"### {time.strftime('%FT%T')} {' '.join(cmd)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.sdir, start_new_session=True,
-                                    env={**os.environ, **(env or {})})
+        proc = spawn(self.sdir, self.bin, name, args, env)
         self.procs[name] = proc
-        (self.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
+        # Kept so that one component can be stopped and started again (fault-injection tests).
+        self.state.setdefault("commands", {})[name] = {"args": args, "env": env or {}}
         self.save()
         return proc
 
@@ -147,6 +154,36 @@ def cluster_down() -> int:
     return len(pids)
 
 
+def stop_component(name: str) -> None:
+    """Stop one component of the running cluster (SIGTERM, then SIGKILL), e.g. the API server or
+    etcd for an outage test. Its command stays in the state for `start_component`."""
+    sdir = state_dir()
+    with state_lock(sdir):
+        state = read_state(sdir)
+        if not state or name not in state.get("pids", {}):
+            raise ClusterError(f"no running cluster with a {name} in {sdir}")
+        stop_pids([int(state["pids"][name])], sdir)
+
+
+def start_component(name: str, timeout: float = START_TIMEOUT) -> None:
+    """Start a component stopped by `stop_component` again, with the same command line."""
+    sdir = state_dir()
+    with state_lock(sdir):
+        state = read_state(sdir)
+        command = (state or {}).get("commands", {}).get(name)
+        if not state or not command:
+            raise ClusterError(f"no recorded command of {name} in {sdir}")
+        if is_ours(int(state["pids"].get(name, 0)), sdir):
+            raise ClusterError(f"{name} is running")
+        proc = spawn(sdir, Path(state["bin_dir"]), name, command["args"], command["env"])
+        state["pids"][name] = proc.pid
+        tmp = sdir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, sdir / "state.json")
+        url, ctx = health_urls(state)[name]
+        wait_until(f"{name} health ({url})", lambda: http_ok(url, ctx), timeout, proc, sdir / "logs" / f"{name}.log")
+
+
 # ----------------------------------------------------------------------------------------------
 # the start stages
 
@@ -211,6 +248,8 @@ def start_apiserver(st: Starter) -> None:
         "--allow-privileged=true",
         "--profiling=false",
         "--v=1",
+        # e.g. an audit log for a benchmark that counts the API requests of a client
+        *os.environ.get("DATAMIX_CLUSTER_APISERVER_ARGS", "").split(),
     ])
     st.wait_healthy("kube-apiserver")
 

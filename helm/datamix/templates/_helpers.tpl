@@ -107,6 +107,13 @@ installed later. */}}
   verbs: [list, watch]
 {{- end }}
 
+{{/* Leader election (operator/datamix_operator/leader.py): read, create and renew the Lease. */}}
+{{- define "datamix.leaseRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end }}
+
 {{/* Watching given namespaces, kopf also observes namespaces (cluster-wide it needs not). */}}
 {{- define "datamix.namespaceRules" -}}
 - apiGroups: [""]
