@@ -22,7 +22,7 @@ from datamix_operator.status import (
 from operator_fakes import manifest, result_message
 
 from datamix.names import CONDITION_TYPES
-from datamix.runspec import NON_FINITE_LOSS_EXIT_CODE, RunResult
+from datamix.runspec import RunResult
 from datamix.schema import STATUS
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -84,18 +84,6 @@ def test_failed_state_carries_the_job_reason_message_and_exit_code() -> None:
     assert state.phase == "Failed"
     assert "PyTorchJobFailed" in state.message and "1 Master replica(s) failed" in state.message
     assert "exited with code 3 (Error)" in state.message
-
-
-@pytest.mark.parametrize(("exit_code", "reason"), [(NON_FINITE_LOSS_EXIT_CODE, "NonFiniteLoss"), (1, "JobFailed"),
-                                                   (137, "JobFailed")])
-def test_the_non_finite_exit_code_fails_the_run_with_its_own_reason(exit_code: int, reason: str) -> None:
-    words = "error: the loss is not finite at step 12 (nan); no checkpoint of this step was saved"
-    state = run_state(job("Created", "Failed"), master(words, exit_code=exit_code))
-    assert state.phase == "Failed"
-    assert state.reason == reason
-    assert "at step 12" in state.message
-    status = desired_status(experiment(), Observation(run=run_info(), state=state), T1)
-    assert conditions(status)["Failed"] == ("True", reason)
 
 
 def test_result_from_the_termination_message() -> None:
