@@ -172,6 +172,17 @@ def test_helm_lint(name: str, tmp_path: Path) -> None:
 
 
 @needs_helm
+def test_plain_helm_template_and_lint_accept_the_chart() -> None:
+    """Without --kube-version, as a user runs them: the pinned helm is built with the Kubernetes
+    version ldflags of helm's Makefile (tools/k8s/build.sh), so it does not assume v1.20."""
+    template = helm("template", "dmx", str(CHART), check=False)
+    assert template.returncode == 0, template.stderr
+    assert "kind: Deployment" in template.stdout
+    lint = helm("lint", str(CHART), check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@needs_helm
 def test_template_includes_crds_for_argocd(tmp_path: Path) -> None:
     from shiplib import render as render_docs
 

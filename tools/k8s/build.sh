@@ -61,7 +61,10 @@ check_pin "$HERE/training-operator/go.mod" sigs.k8s.io/scheduler-plugins "$SCHED
 
 KEY_FILES=("$HERE/pins.env" "$HERE/go.mod" "$HERE/go.sum" "$HERE/training-operator/go.mod"
   "$HERE/training-operator/go.sum")
-KEY="$(cat "${KEY_FILES[@]}" | sha256sum | cut -c1-16)"
+# Bump when the build itself changes what a binary is (flags, patches), so that a cache built the
+# old way is not reused. 2: helm with the Kubernetes version ldflags of its Makefile.
+BUILD_FLAGS_VERSION=2
+KEY="$( { cat "${KEY_FILES[@]}"; echo "build flags $BUILD_FLAGS_VERSION"; } | sha256sum | cut -c1-16)"
 CACHE_ROOT="${DATAMIX_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/datamix}"
 OUT="$CACHE_ROOT/k8s-$KEY"
 BIN="$OUT/bin"
@@ -132,8 +135,32 @@ log "building kwok $KWOK_VERSION"
 ginstall -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION#v}" \
   "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 log "building helm $HELM_VERSION"
-ginstall -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-  "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+# The ldflags of helm's own Makefile: its version, and the Kubernetes version it assumes when it
+# asks no cluster (`helm template`, `helm lint`): the client-go it is built with, major + 1 and
+# minor (v0.37.x -> v1.37). Without them helm assumes v1.20.0 and refuses charts needing more.
+HELM_GOMOD="$(cd / && GOFLAGS= go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+  sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
+HELM_CLIENT_GO="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$HELM_GOMOD")"
+IFS=. read -r HELM_CG_MAJOR HELM_KUBE_MINOR _ <<<"${HELM_CLIENT_GO#v}"
+[[ "$HELM_CG_MAJOR" =~ ^[0-9]+$ && "$HELM_KUBE_MINOR" =~ ^[0-9]+$ ]] || {
+  echo "could not read k8s.io/client-go from $HELM_GOMOD (got '$HELM_CLIENT_GO')" >&2; exit 1; }
+HELM_KUBE_VERSION="v$((HELM_CG_MAJOR + 1)).$HELM_KUBE_MINOR.0"
+HLD="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  HLD+=" -X $pkg.k8sVersionMajor=$((HELM_CG_MAJOR + 1)) -X $pkg.k8sVersionMinor=$HELM_KUBE_MINOR"
+done
+ginstall -ldflags "$HLD" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+# The ldflags took (they name package variables: a renamed one is silently ignored by the linker).
+HELM_CHECK="$TMP/helm-check"
+mkdir -p "$HELM_CHECK/chart/templates"
+printf 'apiVersion: v2\nname: check\nversion: 0.0.0\n' > "$HELM_CHECK/chart/Chart.yaml"
+printf 'kube: {{ .Capabilities.KubeVersion.Version }}\n' > "$HELM_CHECK/chart/templates/check.yaml"
+HELM_ASSUMES="$(HELM_CACHE_HOME="$HELM_CHECK" HELM_CONFIG_HOME="$HELM_CHECK" HELM_DATA_HOME="$HELM_CHECK" \
+  "$TMP/helm" template "$HELM_CHECK/chart" | sed -n 's/^kube: //p')"
+[[ "$HELM_ASSUMES" == "$HELM_KUBE_VERSION" ]] || {
+  echo "helm assumes Kubernetes '$HELM_ASSUMES', not $HELM_KUBE_VERSION: its version ldflags did not apply" >&2; exit 1; }
+rm -rf "$HELM_CHECK"
+log "helm assumes Kubernetes $HELM_KUBE_VERSION without a cluster (client-go $HELM_CLIENT_GO)"
 
 # --- training-operator: wrapper module tools/k8s/training-operator (go.mod pins v1.9.4 and, through
 # it, exactly the dependency versions of upstream's go.mod). Upstream's main.go is taken from the
