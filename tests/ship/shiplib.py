@@ -29,7 +29,7 @@ def _kube_version() -> str:
     return "v1.36.0"
 
 
-# `helm template` and `helm lint` assume an old Kubernetes unless told; the chart needs >= 1.29.
+# The tests render for the local cluster's Kubernetes (helm alone assumes its client-go's version).
 KUBE_VERSION = _kube_version()
 
 
