@@ -185,6 +185,7 @@ def e2e_manifest(
     train_samples: int = 1600,
     result: bool = True,
     loss: float = 2.5,
+    data_volume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A small experiment whose pods kwok plays: they run `duration`, then end with `exit_code`
     (or 0), the master with a made-up run result as its termination message."""
@@ -210,7 +211,7 @@ def e2e_manifest(
         "kind": "DataMixtureExperiment",
         "metadata": {"name": name},
         "spec": {
-            "datasets": {"baseDir": "/data", "volume": {"hostPath": {"path": "/var/lib/datamix/data"}},
+            "datasets": {"baseDir": "/data", "volume": data_volume or {"hostPath": {"path": "/var/lib/datamix/data"}},
                          "mixture": datasets},
             "model": {"preset": "tiny"},
             "training": {
@@ -295,10 +296,11 @@ def capture(name: str, exp: Mapping[str, Any]) -> None:
 
 
 def lifecycle_scenario(api: Any, cluster: clusterlib.Cluster, namespace: str, pool: str | None = None,
-                       op: OperatorProcess | None = None, name: str = "lifecycle") -> dict[str, Any]:
+                       op: OperatorProcess | None = None, name: str = "lifecycle",
+                       data_volume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply an experiment; it goes Pending -> Running -> Succeeded with the result in status.
     Returns the final experiment."""
-    manifest = e2e_manifest(name, nodes=2, gpus=8, pool=pool, duration="4s", loss=2.345)
+    manifest = e2e_manifest(name, nodes=2, gpus=8, pool=pool, duration="4s", loss=2.345, data_volume=data_volume)
     job_name = run_name_of(manifest, namespace)
     kubectl_apply(cluster, namespace, manifest)
     wait_for(lambda: (get_experiment(api, namespace, name).get("status") or {}).get("phase") is not None,

@@ -301,9 +301,32 @@ def create_node_pool(st: Starter) -> None:
     st.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
 
 
+# The init container the training-operator adds to every Worker pod (it waits for the master's
+# DNS name). Its built-in template sets no security context, so Pod Security `restricted` refuses
+# the Worker pods; a cluster that enforces it configures one like this (docs/security.md).
+RESTRICTED_INIT_CONTAINER = """\
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources:
+    limits: {cpu: 100m, memory: 20Mi}
+    requests: {cpu: 50m, memory: 10Mi}
+  securityContext:
+    allowPrivilegeEscalation: false
+    capabilities: {drop: [ALL]}
+    runAsNonRoot: true
+    runAsUser: 65534
+    seccompProfile: {type: RuntimeDefault}
+  command: ['sh', '-c', 'for i in $(seq {{.MaxTries}}); do nslookup {{.MasterAddr}} && exit 0; sleep 2; done; exit 1']
+"""
+
+
 def start_training_operator(st: Starter) -> None:
+    init_template = st.sdir / "pytorch-init-container.yaml"
+    init_template.write_text(RESTRICTED_INIT_CONTAINER)
     st.start("training-operator", [
         f"--kubeconfig={st.kubeconfig}", "--enable-scheme=pytorchjob", "--leader-elect=false",
+        f"--pytorch-init-container-template-file={init_template}",
         "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{st.ports['operator_probe']}",
         f"--webhook-server-port={st.ports['operator_webhook']}",
     ], env={"KUBECONFIG": str(st.kubeconfig), "MY_POD_NAMESPACE": "kubeflow",

@@ -32,6 +32,7 @@ CONTROLLERS = [
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "deployment-controller",
+    "persistentvolume-binder-controller",  # binds the PVCs of the tests' data volumes
     "replicaset-controller",
     "job-controller",
     "ttl-after-finished-controller",
