@@ -30,6 +30,7 @@ from datamix.names import (
     PYTORCHJOB_KIND,
 )
 from datamix.runspec import (
+    DEFAULT_TERMINATION_GRACE_SECONDS,
     METRICS_PORT,
     METRICS_PORT_NAME,
     RUN_SPEC_ENV,
@@ -319,6 +320,9 @@ def _pod_template(plan: RunPlan, *, trainer_image_default: str) -> dict[str, Any
         "volumes": volumes,
         # The trainer needs no API access: no token for anyone who gets into the pod to use.
         "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": int(
+            spec.get("terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_SECONDS)
+        ),
         "securityContext": _pod_security_context(spec),
     }
     affinity = _node_affinity(resources)

@@ -39,6 +39,8 @@ OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, SCR
 RESERVED_ENV_PREFIX = "DATAMIX_"
 # The trainer image's user and group (Dockerfile): the pods run as them, never as root.
 TRAINER_UID = 10001
+# A stopped pod's time to finish its step and save a checkpoint (the trainer's launcher waits as long).
+DEFAULT_TERMINATION_GRACE_SECONDS = 900
 
 
 class RunSpecError(ValueError):

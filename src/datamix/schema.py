@@ -10,7 +10,7 @@ from typing import Any
 
 from datamix import GROUP, KIND, PLURAL, VERSION
 from datamix.names import PHASES
-from datamix.runspec import OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX, TRAINER_UID
+from datamix.runspec import DEFAULT_TERMINATION_GRACE_SECONDS, OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX, TRAINER_UID
 
 Schema = dict[str, Any]
 
@@ -500,6 +500,12 @@ SPEC = obj(
             },
         ),
         "activeDeadlineSeconds": integer("Fail a run that takes longer than this.", minimum=1),
+        "terminationGracePeriodSeconds": integer(
+            "How long a stopped pod (preemption, suspend, a node drain) has to save a checkpoint before it is "
+            f"killed. Default {DEFAULT_TERMINATION_GRACE_SECONDS}.",
+            minimum=30,
+            maximum=7200,
+        ),
         "progressDeadlineSeconds": integer(
             "Report a running run that completes no training step for this long: condition Progressing "
             "False, reason ProgressDeadlineExceeded, and a Warning event. The run is not stopped.",

@@ -147,6 +147,13 @@ def test_tenant_sets_groups_and_sizes_but_not_the_user() -> None:
     assert vols["scratch"]["emptyDir"]["sizeLimit"] == "500Mi"
 
 
+def test_grace_period_for_a_sigterm_checkpoint() -> None:
+    assert template(job_of(manifest()))["spec"]["terminationGracePeriodSeconds"] == 900
+    m = manifest()
+    m["spec"]["terminationGracePeriodSeconds"] = 120
+    assert template(job_of(m))["spec"]["terminationGracePeriodSeconds"] == 120
+
+
 def test_a_tenant_home_is_kept() -> None:
     (c,) = template(job_of(manifest(env=[{"name": "HOME", "value": "/output/home"}])))["spec"]["containers"]
     assert [e["value"] for e in c["env"] if e["name"] == "HOME"] == ["/output/home"]

@@ -32,8 +32,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Long enough for a SIGTERM checkpoint of a large model; the kubelet's grace period is the real bound.
-SHUTDOWN_TIMEOUT_SECONDS = 900
+from datamix.runspec import DEFAULT_TERMINATION_GRACE_SECONDS
+
+# Long enough for a SIGTERM checkpoint of a large model; the pod's grace period (the same by
+# default, spec.terminationGracePeriodSeconds) is the real bound.
+SHUTDOWN_TIMEOUT_SECONDS = DEFAULT_TERMINATION_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
