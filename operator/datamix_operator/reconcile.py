@@ -158,6 +158,16 @@ class Pass:
     def old_run(self) -> dict[str, Any]:
         return self.old_status.get("run") or {}
 
+    @property
+    def recorded(self) -> bool:
+        """The status already follows the current run."""
+        return self.run is not None and self.old_run.get("id") == self.run.id
+
+    @property
+    def finished(self) -> bool:
+        """The current run's end (and result) is recorded: it is never run again."""
+        return self.recorded and self.old_run.get("phase") in TERMINAL_PHASES
+
 
 class Reconciler:
     def __init__(
@@ -331,9 +341,18 @@ class Reconciler:
         p.live = p.jobs.get(p.run.job)
         if p.planned is None:
             return
+        if p.live is None and p.finished:
+            return  # its job was deleted (by hand, or with the PyTorchJob CRD): the status keeps the result
         if p.live is None:
+            created_before = p.recorded and any(
+                c.get("type") == "Created" and c.get("status") == "True" for c in p.old_status.get("conditions") or []
+            )
             try:
                 p.live = self._create_children(p.namespace, p.exp, p.planned)
+                if created_before:
+                    self._event(p.exp, "Warning", Reason.JOB_RECREATED,
+                                f"PyTorchJob {p.run.job} was deleted while its run was going; created again, it "
+                                "resumes from the run's newest checkpoint")
             except ResourceMissing as err:
                 p.stall = crd_missing(err)
                 p.retry = self.crd_retry_seconds
@@ -351,6 +370,9 @@ class Reconciler:
 
     def _write_status(self, p: Pass) -> None:
         """5. The status, written only when it changed; Events for its transitions."""
+        if p.live is None and p.finished:
+            self.metrics.observe_phase(p.namespace, p.name, p.old_status.get("phase"))
+            return  # a finished run whose job is gone: what was recorded stays
         run, state, old_status, old_run = p.run, p.state, p.old_status, p.old_run
         carried = None
         finished_unread = state is not None and state.result is None and state.phase in TERMINAL_PHASES

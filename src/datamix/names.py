@@ -112,6 +112,7 @@ class Reason:
     # Events only
     RUN_STARTED: Final = "RunStarted"
     RUN_RETIRED: Final = "RunRetired"
+    JOB_RECREATED: Final = "JobRecreated"  # the running run's job was deleted by hand: created again
     RESUMED: Final = "Resumed"
     PROGRESS_RESUMED: Final = "ProgressResumed"
     FOREIGN_POD: Final = "ForeignPodIgnored"  # a pod labelled like the run's master, not owned by its job

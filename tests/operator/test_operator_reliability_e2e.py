@@ -187,6 +187,49 @@ def test_the_non_finite_loss_exit_code_fails_the_run_as_non_finite_loss(
     assert event.type == "Warning"
 
 
+def delete_job(api: Any, namespace: str, name: str) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api).delete_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs",
+                                                                 name, propagation_policy="Background")
+
+
+def test_a_finished_runs_job_deleted_by_hand_is_not_run_again(
+    k8s_client: Any, cluster: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    op = start_operator([namespace], resync_seconds=3)
+    kubectl_apply(cluster, namespace, e2e_manifest("done-once", pool=gpu_pool, duration="2s", loss=2.75))
+    done = wait_phase(k8s_client, namespace, "done-once", "Succeeded", op=op)
+    (job,) = list_jobs(k8s_client, namespace, "done-once")
+    delete_job(k8s_client, namespace, job["metadata"]["name"])
+    wait_for(lambda: not list_jobs(k8s_client, namespace, "done-once"), 60, description="the job gone")
+    time.sleep(8)  # the job's DELETED event and two resync passes
+    assert list_jobs(k8s_client, namespace, "done-once") == [], "the finished run was started again"
+    after = get_experiment(k8s_client, namespace, "done-once")
+    assert after["status"]["phase"] == "Succeeded"
+    assert after["status"]["result"] == done["status"]["result"]
+    assert after["status"]["run"] == done["status"]["run"]
+    assert len(events(k8s_client, namespace, "done-once", "JobCreated")) == 1
+
+
+def test_a_running_runs_job_deleted_by_hand_is_created_again_and_said_so(
+    k8s_client: Any, cluster: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    op = start_operator([namespace], resync_seconds=3)
+    kubectl_apply(cluster, namespace, e2e_manifest("deleted-mid-run", pool=gpu_pool, duration="20s", loss=2.5))
+    wait_phase(k8s_client, namespace, "deleted-mid-run", "Running", op=op)
+    (job,) = list_jobs(k8s_client, namespace, "deleted-mid-run")
+    delete_job(k8s_client, namespace, job["metadata"]["name"])
+    (recreated,) = wait_for(lambda: [j for j in list_jobs(k8s_client, namespace, "deleted-mid-run")
+                                     if j["metadata"]["uid"] != job["metadata"]["uid"]], 60,
+                            description="the job created again")
+    assert recreated["metadata"]["name"] == job["metadata"]["name"], "the same run, the same name"
+    (said,) = events(k8s_client, namespace, "deleted-mid-run", "JobRecreated")
+    assert "resumes from the run's newest checkpoint" in said.message
+    done = wait_phase(k8s_client, namespace, "deleted-mid-run", "Succeeded", timeout=120, op=op)
+    assert done["status"]["result"]["trainLoss"] == 2.5
+
+
 # ----------------------------------------------------------------------------------------------
 # the API server or etcd stopped for 90 s mid-run (a private cluster)
 
@@ -379,3 +422,31 @@ def test_upgrade_takes_over_the_previous_operators_experiments(
         print(f"\nupgrade from {rev[:12]}: {len(names)} experiments taken over, no job deleted or re-created")
     finally:
         old.stop()
+
+
+def test_pytorchjob_crd_removed_and_reapplied_leaves_finished_runs_finished(
+    outage_cluster: tuple[PrivateCluster, clusterlib.Cluster], tmp_path: Path
+) -> None:
+    """Removing the PyTorchJob CRD deletes every job; a finished run must not run again once the
+    CRD is back (on the private cluster: the shared one's CRD is everyone's)."""
+    from tools.cluster.binaries import pytorchjob_crd_path
+
+    _, cluster = outage_cluster
+    api = cluster.api_client()
+    namespace = clusterlib.create_namespace(api, "crd-reapplied")
+    op = OperatorProcess(cluster.kubeconfig, [namespace], log_dir=tmp_path, resync_seconds=3).start()
+    try:
+        kubectl_apply(cluster, namespace, e2e_manifest("finished-before", duration="2s", loss=2.625))
+        done = wait_phase(api, namespace, "finished-before", "Succeeded", op=op)
+        cluster.kubectl("delete", "crd", "pytorchjobs.kubeflow.org", "--wait=true", "--timeout=120s")
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(pytorchjob_crd_path()))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=60s")
+        time.sleep(10)  # kopf notices the CRD again; resync passes
+        assert list_jobs(api, namespace, "finished-before") == [], "the finished run was started again"
+        after = get_experiment(api, namespace, "finished-before")
+        assert after["status"]["phase"] == "Succeeded"
+        assert after["status"]["result"] == done["status"]["result"]
+    finally:
+        op.stop()
+        clusterlib.delete_namespace(api, namespace)
+        api.close()
