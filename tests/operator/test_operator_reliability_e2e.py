@@ -439,8 +439,12 @@ def test_pytorchjob_crd_removed_and_reapplied_leaves_finished_runs_finished(
         kubectl_apply(cluster, namespace, e2e_manifest("finished-before", duration="2s", loss=2.625))
         done = wait_phase(api, namespace, "finished-before", "Succeeded", op=op)
         cluster.kubectl("delete", "crd", "pytorchjobs.kubeflow.org", "--wait=true", "--timeout=120s")
+        wait_for(lambda: cluster.kubectl("get", "crd", "pytorchjobs.kubeflow.org", check=False).returncode != 0, 120,
+                 description="the PyTorchJob CRD gone")
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(pytorchjob_crd_path()))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org", "--timeout=60s")
+        wait_for(lambda: cluster.kubectl("wait", "--for=condition=Established", "crd/pytorchjobs.kubeflow.org",
+                                         "--timeout=10s", check=False).returncode == 0, 120,
+                 description="the PyTorchJob CRD established again")
         time.sleep(10)  # kopf notices the CRD again; resync passes
         assert list_jobs(api, namespace, "finished-before") == [], "the finished run was started again"
         after = get_experiment(api, namespace, "finished-before")
