@@ -401,10 +401,11 @@ def test_upgrade_takes_over_the_previous_operators_experiments(
         names = ("up-done", "up-ends", "up-runs")
         jobs = {n: list_jobs(api, namespace, n)[0]["metadata"]["uid"] for n in names}
 
-        # A rolling update: the new operator starts while the old one still runs, then the old stops.
+        # A rolling update: the new operator starts while the old one still runs (a standby, if the old
+        # one holds the Lease), then the old one stops (and hands the Lease over).
         new = start_operator([namespace], start_env={"POD_NAME": "new"})
-        wait_holder(api, namespace, "new")
         old.stop()
+        wait_holder(api, namespace, "new")
 
         done = wait_phase(api, namespace, "up-ends", "Succeeded", timeout=120, op=new)
         assert done["status"]["result"]["trainLoss"] == 2.25
