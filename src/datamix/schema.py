@@ -636,6 +636,64 @@ STATUS = obj(
 )
 
 
+Column = tuple[str, str, str, str]  # printer column: name, type, JSON path, description
+
+
+def namespaced_crd(
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    categories: list[str],
+    description: str,
+    name: Schema,
+    spec: Schema,
+    status: Schema,
+    columns: list[Column],
+) -> Schema:
+    """A namespaced, status-subresourced CustomResourceDefinition of the group's one version."""
+    root = obj(
+        description,
+        {
+            "apiVersion": string("API version."),
+            "kind": string("Kind."),
+            "metadata": {"type": "object", "properties": {"name": name}},
+            "spec": spec,
+            "status": status,
+        },
+        required=("spec",),
+    )
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": categories,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": n, "type": t, "jsonPath": p, "description": d} for n, t, p, d in columns
+                    ],
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
 def crd_manifest() -> Schema:
     # CRDs may constrain only metadata.name (and generateName); the rules sit on the name itself.
     name = string(
@@ -655,18 +713,7 @@ def crd_manifest() -> Schema:
             ]
         },
     )
-    root = obj(
-        "A data mixture experiment: one model trained on a weighted blend of datasets.",
-        {
-            "apiVersion": string("API version."),
-            "kind": string("Kind."),
-            "metadata": {"type": "object", "properties": {"name": name}},
-            "spec": SPEC,
-            "status": STATUS,
-        },
-        required=("spec",),
-    )
-    columns = [
+    columns: list[Column] = [
         ("Phase", "string", ".status.phase", "Phase of the current run."),
         ("Shape", "string", ".status.shape", "nodes x GPUs per node."),
         ("Progress", "integer", ".status.progress.percent", "Percent of target samples consumed."),
@@ -674,32 +721,14 @@ def crd_manifest() -> Schema:
         ("Run", "string", ".status.run.id", "Current run id."),
         ("Age", "date", ".metadata.creationTimestamp", "Age."),
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["dmx"],
-                "categories": ["datamix", "kubeflow"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": n, "type": t, "jsonPath": p, "description": d} for n, t, p, d in columns
-                    ],
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    return namespaced_crd(
+        kind=KIND,
+        plural=PLURAL,
+        short_names=["dmx"],
+        categories=["datamix", "kubeflow"],
+        description="A data mixture experiment: one model trained on a weighted blend of datasets.",
+        name=name,
+        spec=SPEC,
+        status=STATUS,
+        columns=columns,
+    )

@@ -10,7 +10,6 @@ Names: trial i is the experiment `<sweep>-t<NNN>` (three digits, i < 512), the f
 
 from __future__ import annotations
 
-from datamix import GROUP, VERSION
 from datamix.names import SWEEP_PHASES as PHASES
 from datamix.schema import (
     MAX_DATASETS,
@@ -19,10 +18,12 @@ from datamix.schema import (
     RESOURCES,
     SPEC,
     TRAINING,
+    Column,
     Schema,
     array,
     boolean,
     integer,
+    namespaced_crd,
     number,
     obj,
     string,
@@ -81,17 +82,26 @@ SEARCH = obj(
     "How many proxy trials, how their mixtures are sampled, and how many run at once. Only "
     "parallelism may change after creation.",
     {
-        "trials": integer("Proxy trials to run (RegMix used 512; Olmix: grow with the number of domains).",
-                          minimum=MIN_TRIALS, maximum=MAX_TRIALS),
-        "parallelism": integer(f"Trials unfinished at any time (default {DEFAULT_PARALLELISM}); may be changed.",
-                               minimum=1, maximum=MAX_TRIALS),
+        "trials": integer(
+            "Proxy trials to run (RegMix used 512; Olmix: grow with the number of domains).",
+            minimum=MIN_TRIALS,
+            maximum=MAX_TRIALS,
+        ),
+        "parallelism": integer(
+            f"Trials unfinished at any time (default {DEFAULT_PARALLELISM}); may be changed.",
+            minimum=1,
+            maximum=MAX_TRIALS,
+        ),
         "sampler": string(
             f"How trial mixtures are drawn: `dirichlet` around the prior (the mixture's weights) with "
             f"a spread of concentrations, as RegMix does. Default {DEFAULT_SAMPLER}.",
             enum=list(SAMPLERS),
         ),
-        "seed": integer(f"Trial i's mixture is a pure function of seed and i (default {DEFAULT_SEED}).",
-                        minimum=0, maximum=2**31 - 1),
+        "seed": integer(
+            f"Trial i's mixture is a pure function of seed and i (default {DEFAULT_SEED}).",
+            minimum=0,
+            maximum=2**31 - 1,
+        ),
         "minShare": share_map("Least share per dataset name, for the trials and the proposal."),
         "maxShare": share_map("Largest share per dataset name (0 holds a domain out of training)."),
         "maxEpochs": number(
@@ -102,7 +112,8 @@ SEARCH = obj(
         ),
         "maxFailedTrials": integer(
             f"Failed trials tolerated before the sweep fails (default {DEFAULT_MAX_FAILED_TRIALS}).",
-            minimum=0, maximum=MAX_TRIALS,
+            minimum=0,
+            maximum=MAX_TRIALS,
         ),
     },
     required=("trials",),
@@ -126,9 +137,11 @@ SEARCH = obj(
 )
 
 OBJECTIVE = {
-    **share_map("What the search minimises: a weighted mean of per-dataset validation losses, as a weight per "
-                "dataset name (each dataset needs a validationPath; normalised to sum 1). Default: the mean "
-                "over every dataset with a validationPath."),
+    **share_map(
+        "What the search minimises: a weighted mean of per-dataset validation losses, as a weight per "
+        "dataset name (each dataset needs a validationPath; normalised to sum 1). Default: the mean "
+        "over every dataset with a validationPath."
+    ),
     "additionalProperties": {"type": "number", "minimum": 0},
     "minProperties": 1,
     "x-kubernetes-validations": [
@@ -141,7 +154,6 @@ FINAL = obj(
     "experiment with these fields replaced. May be added or changed at any time before it is created.",
     {"model": MODEL, "training": TRAINING, "resources": RESOURCES},
 )
-
 
 
 def _final_or_trial(field: str) -> str:
@@ -314,50 +326,21 @@ def sweep_crd_manifest() -> Schema:
             ]
         },
     )
-    root = obj(
-        "A data mixture sweep: proxy trials, a fitted regression and the proposed mixture.",
-        {
-            "apiVersion": string("API version."),
-            "kind": string("Kind."),
-            "metadata": {"type": "object", "properties": {"name": name}},
-            "spec": SWEEP_SPEC,
-            "status": SWEEP_STATUS,
-        },
-        required=("spec",),
-    )
-    columns = [
+    columns: list[Column] = [
         ("Phase", "string", ".status.phase", "Phase of the sweep."),
         ("Trials", "string", ".status.trials.done", "Trials succeeded / total."),
         ("Best", "number", ".status.best.objective", "Best observed objective."),
         ("Predicted", "number", ".status.proposal.predictedObjective", "Predicted objective of the proposal."),
         ("Age", "date", ".metadata.creationTimestamp", "Age."),
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{SWEEP_PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": SWEEP_KIND,
-                "listKind": f"{SWEEP_KIND}List",
-                "plural": SWEEP_PLURAL,
-                "singular": SWEEP_KIND.lower(),
-                "shortNames": [SWEEP_SHORT_NAME],
-                "categories": ["datamix"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": n, "type": t, "jsonPath": p, "description": d} for n, t, p, d in columns
-                    ],
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
-        },
-    }
+    return namespaced_crd(
+        kind=SWEEP_KIND,
+        plural=SWEEP_PLURAL,
+        short_names=[SWEEP_SHORT_NAME],
+        categories=["datamix"],
+        description="A data mixture sweep: proxy trials, a fitted regression and the proposed mixture.",
+        name=name,
+        spec=SWEEP_SPEC,
+        status=SWEEP_STATUS,
+        columns=columns,
+    )
