@@ -55,7 +55,9 @@ def _container(pod: Any, name: str = "pytorch") -> Any:
 
 def test_fake_gpu_pool(k8s_client: Any) -> None:
     core = client.CoreV1Api(k8s_client)
-    nodes = {n.metadata.name: n for n in core.list_node(label_selector="datamix.io/fake-node=true").items}
+    # the default pool only: e2e tests add private pools (labelled datamix.io/e2e-pool) to a shared cluster
+    nodes = {n.metadata.name: n for n in core.list_node(
+        label_selector="datamix.io/fake-node=true,!datamix.io/e2e-pool").items}
     by_product: dict[str | None, list[Any]] = {}
     for n in nodes.values():
         by_product.setdefault(n.metadata.labels.get("nvidia.com/gpu.product"), []).append(n)
