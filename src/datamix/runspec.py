@@ -33,7 +33,10 @@ SHM_MOUNT_PATH = "/dev/shm"
 SCRATCH_MOUNT_PATH = "/tmp"
 # Paths the operator mounts (or the kubelet writes) in every trainer container: the schema refuses a
 # datasets.baseDir or output.path that equals, contains or sits inside one of them.
-OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, SCRATCH_MOUNT_PATH, TERMINATION_LOG_PATH)
+OPERATOR_MOUNT_PATHS: tuple[str, ...] = (RUN_SPEC_MOUNT_DIR, SHM_MOUNT_PATH, TERMINATION_LOG_PATH)
+# Mounts a user's volume may sit inside (a nested mount works and /tmp/... is a common choice), but
+# not replace: the schema refuses only these paths themselves.
+OPERATOR_SCRATCH_PATHS: tuple[str, ...] = (SCRATCH_MOUNT_PATH,)
 # Environment names of the operator and the trainer (DATAMIX_RUN_SPEC, DATAMIX_TERMINATION_LOG, ...):
 # the schema refuses them in spec.env.
 RESERVED_ENV_PREFIX = "DATAMIX_"

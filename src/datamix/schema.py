@@ -10,7 +10,13 @@ from typing import Any
 
 from datamix import GROUP, KIND, PLURAL, VERSION
 from datamix.names import PHASES
-from datamix.runspec import DEFAULT_TERMINATION_GRACE_SECONDS, OPERATOR_MOUNT_PATHS, RESERVED_ENV_PREFIX, TRAINER_UID
+from datamix.runspec import (
+    DEFAULT_TERMINATION_GRACE_SECONDS,
+    OPERATOR_MOUNT_PATHS,
+    OPERATOR_SCRATCH_PATHS,
+    RESERVED_ENV_PREFIX,
+    TRAINER_UID,
+)
 
 Schema = dict[str, Any]
 
@@ -52,6 +58,11 @@ def _mount_path_rules() -> list[dict[str, str]]:
             "rule": f"![{reserved}].exists(p, self == p || self.startsWith(p + '/') || p.startsWith(self + '/'))",
             "message": f"must not be, contain or sit inside a path the operator mounts "
             f"({', '.join(OPERATOR_MOUNT_PATHS)}); choose another directory",
+        },
+        {
+            "rule": f"![{', '.join(repr(p) for p in OPERATOR_SCRATCH_PATHS)}].exists(p, self == p)",
+            "message": f"must not be the pods' scratch directory ({', '.join(OPERATOR_SCRATCH_PATHS)}); "
+            "a directory inside it is fine",
         },
     ]
 

@@ -215,6 +215,12 @@ INVALID_MANIFESTS += [
         "must not be, contain or sit inside a path the operator mounts",
     ),
     (
+        "output-over-scratch",
+        _case(_set("spec.output.path", "/tmp")),
+        "spec.output.path",
+        "must not be the pods' scratch directory",
+    ),
+    (
         "output-in-shm",
         _case(_set("spec.output.path", "/dev/shm/out")),
         "spec.output.path",

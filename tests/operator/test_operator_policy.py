@@ -106,7 +106,7 @@ def test_every_path_the_operator_mounts_is_reserved_in_the_schema() -> None:
     adds without registering it there would let a user's volume collide with it."""
     from datamix_operator.render import DATA_VOLUME, OUTPUT_VOLUME, render_children
 
-    from datamix.runspec import OPERATOR_MOUNT_PATHS
+    from datamix.runspec import OPERATOR_MOUNT_PATHS, OPERATOR_SCRATCH_PATHS
 
     body = manifest()
     _, job = render_children(body, "ns")
@@ -116,4 +116,5 @@ def test_every_path_the_operator_mounts_is_reserved_in_the_schema() -> None:
         for container in pod["containers"]:
             own = {m["mountPath"] for m in container["volumeMounts"] if m["name"] not in user_volumes}
             own.add(container["terminationMessagePath"])
-            assert own <= set(OPERATOR_MOUNT_PATHS), own - set(OPERATOR_MOUNT_PATHS)
+            reserved = {*OPERATOR_MOUNT_PATHS, *OPERATOR_SCRATCH_PATHS}
+            assert own <= reserved, own - reserved
