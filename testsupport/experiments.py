@@ -112,6 +112,19 @@ def list_pods(api: Any, namespace: str, selector: str = "") -> list[Any]:
     return list(core(api).list_namespaced_pod(namespace, label_selector=selector).items)
 
 
+def experiment_events(api: Any, namespace: str, name: str, reason: str | None = None) -> list[Any]:
+    """Events about the experiment (or sweep) `name`, those of one reason when given."""
+    selector = f"involvedObject.name={name}" + (f",reason={reason}" if reason else "")
+    return list(core(api).list_namespaced_event(namespace, field_selector=selector).items)
+
+
+def posted_events(api: Any, namespace: str, name: str, reason: str, timeout: float = 30) -> list[Any]:
+    """The `reason` events once at least one is there: the operator posts events off the reconcile
+    path, so one may land a moment after the status it goes with."""
+    return wait_for(lambda: experiment_events(api, namespace, name, reason), timeout,
+                    description=f"a {reason} event about {name}")
+
+
 def kubectl_apply(cluster: clusterlib.Cluster, namespace: str, manifest: Mapping[str, Any],
                   check: bool = True) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(dict(manifest)), check=check)

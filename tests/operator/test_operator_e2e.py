@@ -34,6 +34,7 @@ from testsupport.experiments import (
     list_configmaps,
     list_jobs,
     list_pods,
+    posted_events,
     private_pool,
     run_id_of,
     run_name_of,
@@ -137,16 +138,9 @@ def test_experiment_follows_the_job_to_succeeded_with_the_run_result(
 ) -> None:
     op = start_operator([namespace])
     done = lifecycle_scenario(k8s_client, cluster, namespace, pool=gpu_pool, op=op)
-    reasons = [e.reason for e in k8s_client_events(k8s_client, namespace, "lifecycle")]
-    assert {"JobCreated", "JobRunning", "JobSucceeded"} <= set(reasons)
+    for reason in ("JobCreated", "JobRunning", "JobSucceeded"):
+        assert posted_events(k8s_client, namespace, "lifecycle", reason), reason
     assert done["status"]["startTime"] <= done["status"]["completionTime"]
-
-
-def k8s_client_events(api: Any, namespace: str, name: str) -> list[Any]:
-    from kubernetes import client
-
-    return list(client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=DataMixtureExperiment").items)
 
 
 def test_failure_path_ends_failed_with_the_jobs_reason_and_message(
@@ -166,7 +160,7 @@ def test_failure_path_ends_failed_with_the_jobs_reason_and_message(
     assert job_failed["message"] in failed["message"], "the job's message is in the message"
     assert "the master exited with code 1" in failed["message"]
     assert exp["status"]["run"]["phase"] == "Failed"
-    assert "Warning" in {e.type for e in k8s_client_events(k8s_client, namespace, "fails") if e.reason == "JobFailed"}
+    assert {e.type for e in posted_events(k8s_client, namespace, "fails", "JobFailed")} == {"Warning"}
 
 
 def test_infrastructure_exit_code_restarts_the_pod_until_the_deadline(
@@ -296,8 +290,8 @@ def test_editing_the_mixture_starts_a_new_run_and_retires_the_old(
     assert [m["share"] for m in status["mixture"]] == [0.25, 0.75]
     (previous,) = status["previousRuns"]
     assert (previous["job"], previous["phase"], previous["reason"]) == (old, "Running", "Superseded")
-    reasons = {e.reason for e in k8s_client_events(k8s_client, namespace, "edited")}
-    assert {"RunStarted", "RunRetired"} <= reasons
+    for reason in ("RunStarted", "RunRetired"):
+        assert posted_events(k8s_client, namespace, "edited", reason), reason
 
 
 def test_suspend_removes_the_pods_and_resume_brings_them_back(

@@ -36,6 +36,7 @@ from testsupport.experiments import (
     core,
     e2e_manifest,
     get_experiment,
+    posted_events,
     run_name_of,
     wait_condition,
     wait_phase,
@@ -270,16 +271,15 @@ def test_idle_run_is_not_written_deadline_passes_and_clears_foreign_readings_ign
     flipped = parse_time(progressing["lastTransitionTime"])
     # within the deadline plus one interval (+1 s: both times are truncated to whole seconds)
     assert deadline <= flipped - last <= deadline + INTERVAL + 1, (last, flipped)
-    events = core(k8s_client).list_namespaced_event(namespace, field_selector="involvedObject.name=idle").items
-    assert any(e.reason == "ProgressDeadlineExceeded" and e.type == "Warning" for e in events)
+    (exceeded_event,) = posted_events(k8s_client, namespace, "idle", "ProgressDeadlineExceeded")
+    assert exceeded_event.type == "Warning"
 
     # Steps complete again: the condition clears.
     metrics.consumed_samples.labels(**metrics.run_labels).set(320)
     resumed = wait_condition(k8s_client, namespace, "idle", "Progressing", "StepsCompleting", timeout=6 * INTERVAL,
                              op=op)
     assert resumed["status"]["progress"]["consumedSamples"] == 320
-    events = core(k8s_client).list_namespaced_event(namespace, field_selector="involvedObject.name=idle").items
-    assert any(e.reason == "ProgressResumed" for e in events)
+    assert posted_events(k8s_client, namespace, "idle", "ProgressResumed")
 
     # The other run's endpoint was read, and nothing of it reached the status.
     assert reads(op, "foreign") >= 2

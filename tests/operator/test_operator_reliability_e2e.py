@@ -32,9 +32,11 @@ from testsupport.experiments import (
     apply_crd,
     condition,
     e2e_manifest,
+    experiment_events,
     get_experiment,
     kubectl_apply,
     list_jobs,
+    posted_events,
     wait_condition,
     wait_phase,
 )
@@ -68,13 +70,6 @@ def wait_holder(api: Any, namespace: str, who: str, timeout: float = 60) -> str:
                     description=f"{who} holding the Lease")
 
 
-def events(api: Any, namespace: str, experiment: str, reason: str) -> list[Any]:
-    from kubernetes import client
-
-    selector = f"involvedObject.name={experiment},reason={reason}"
-    return list(client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=selector).items)
-
-
 def metric(op: OperatorProcess, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", op.metrics(), re.MULTILINE)
     assert match, f"{name} not in the operator's metrics"
@@ -105,7 +100,7 @@ def test_two_operators_on_one_namespace_exactly_one_acts(
     time.sleep(3)  # time for a duplicate job or event to appear, if the standby made one
     for name in names:
         assert len(list_jobs(k8s_client, namespace, name)) == 1, name
-        created = events(k8s_client, namespace, name, "JobCreated")
+        created = posted_events(k8s_client, namespace, name, "JobCreated")
         assert len(created) == 1, [e.message for e in created]
         assert created[0].reporting_instance == "op-a"
     assert metric(a, "datamix_operator_runs_created_total") == len(names)
@@ -136,14 +131,14 @@ def test_killing_the_leader_hands_over_within_the_lease_duration_and_the_run_goe
     assert done["status"]["run"]["id"] == running["status"]["run"]["id"]
     (after,) = list_jobs(k8s_client, namespace, "handover")
     assert after["metadata"]["uid"] == job["metadata"]["uid"], "the job was re-created"
-    (succeeded,) = events(k8s_client, namespace, "handover", "JobSucceeded")
+    (succeeded,) = posted_events(k8s_client, namespace, "handover", "JobSucceeded")
     assert succeeded.reporting_instance == "op-b"
-    assert len(events(k8s_client, namespace, "handover", "JobCreated")) == 1
+    assert len(posted_events(k8s_client, namespace, "handover", "JobCreated")) == 1
 
     # ... and it acts on new experiments.
     kubectl_apply(cluster, namespace, e2e_manifest("after-handover", pool=gpu_pool, duration="2s"))
     wait_phase(k8s_client, namespace, "after-handover", "Succeeded", op=b)
-    (created,) = events(k8s_client, namespace, "after-handover", "JobCreated")
+    (created,) = posted_events(k8s_client, namespace, "after-handover", "JobCreated")
     assert created.reporting_instance == "op-b"
 
 
@@ -166,7 +161,7 @@ def test_a_stalled_leader_stops_acting_and_does_not_resume_when_it_wakes(
              description="the woken leader noticing it lost the Lease")
     time.sleep(3)  # the woken process's watches have delivered the new experiment and its job
     assert reconciles(a) == 0, "the old leader acted after waking"
-    (created,) = events(k8s_client, namespace, "while-stalled", "JobCreated")
+    (created,) = posted_events(k8s_client, namespace, "while-stalled", "JobCreated")
     assert created.reporting_instance == "op-b"
     assert len(list_jobs(k8s_client, namespace, "while-stalled")) == 1
     assert lease_holder(k8s_client, namespace) == "op-b"
@@ -183,7 +178,7 @@ def test_the_non_finite_loss_exit_code_fails_the_run_as_non_finite_loss(
     failed = wait_condition(k8s_client, namespace, "nan", "Failed", "NonFiniteLoss", op=op)
     assert failed["status"]["phase"] == "Failed"
     assert f"exited with code {NON_FINITE_LOSS_EXIT_CODE}" in condition(failed, "Failed")["message"]
-    (event,) = events(k8s_client, namespace, "nan", "NonFiniteLoss")
+    (event,) = posted_events(k8s_client, namespace, "nan", "NonFiniteLoss")
     assert event.type == "Warning"
 
 
@@ -209,7 +204,7 @@ def test_a_finished_runs_job_deleted_by_hand_is_not_run_again(
     assert after["status"]["phase"] == "Succeeded"
     assert after["status"]["result"] == done["status"]["result"]
     assert after["status"]["run"] == done["status"]["run"]
-    assert len(events(k8s_client, namespace, "done-once", "JobCreated")) == 1
+    assert len(posted_events(k8s_client, namespace, "done-once", "JobCreated")) == 1
 
 
 def test_a_running_runs_job_deleted_by_hand_is_created_again_and_said_so(
@@ -224,7 +219,7 @@ def test_a_running_runs_job_deleted_by_hand_is_created_again_and_said_so(
                                      if j["metadata"]["uid"] != job["metadata"]["uid"]], 60,
                             description="the job created again")
     assert recreated["metadata"]["name"] == job["metadata"]["name"], "the same run, the same name"
-    (said,) = events(k8s_client, namespace, "deleted-mid-run", "JobRecreated")
+    (said,) = posted_events(k8s_client, namespace, "deleted-mid-run", "JobRecreated")
     assert "resumes from the run's newest checkpoint" in said.message
     done = wait_phase(k8s_client, namespace, "deleted-mid-run", "Succeeded", timeout=120, op=op)
     assert done["status"]["result"]["trainLoss"] == 2.5
@@ -331,7 +326,7 @@ def test_control_plane_outage_mid_run(
         for name, uid in jobs.items():
             (job,) = list_jobs(api, namespace, name)
             assert job["metadata"]["uid"] == uid, f"{name}: job re-created"
-            assert len(events(api, namespace, name, "JobCreated")) == 1, name
+            assert len(posted_events(api, namespace, name, "JobCreated")) == 1, name
         assert len(list_jobs(api, namespace, "after-outage")) == 1
         assert wait_phase(api, namespace, "runs-through", "Running", op=op)
     finally:
@@ -417,8 +412,8 @@ def test_upgrade_takes_over_the_previous_operators_experiments(
         for name, uid in jobs.items():
             live = list_jobs(api, namespace, name)
             assert [j["metadata"]["uid"] for j in live] == [uid], f"{name}: job deleted or re-created after {rev[:12]}"
-            assert len(events(api, namespace, name, "JobCreated")) == 1, name
-            assert not events(api, namespace, name, "RunRetired"), name
+            assert len(posted_events(api, namespace, name, "JobCreated")) == 1, name
+            assert not experiment_events(api, namespace, name, "RunRetired"), name
         assert metric(new, "datamix_operator_runs_created_total") == 0
         print(f"\nupgrade from {rev[:12]}: {len(names)} experiments taken over, no job deleted or re-created")
     finally:
