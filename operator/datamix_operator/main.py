@@ -6,6 +6,7 @@ Triggers, all level-based (the reconciler reads the world afresh each time):
 - any event of a PyTorchJob labelled by this operator (kopf ignores `status` in change
   detection, so event handlers, not on.update, see the training-operator's status);
 - a finished master pod (its termination message carries the run result);
+- a run's ConfigMap deleted (by hand: it is created again while its run goes on);
 - a resync loop over all experiments every --resync-seconds.
 
 Why no @kopf.timer: kopf puts a finalizer on every object that has a timer (to stop the timer on
@@ -81,6 +82,7 @@ def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     job_api = config.job_api
     settings.watching.label_selectors[job_api.group, job_api.version, job_api.plural] = ours
     settings.watching.label_selectors["v1", "pods"] = f"{ours},{REPLICA_TYPE_LABEL}={MASTER_REPLICA}"
+    settings.watching.label_selectors["v1", "configmaps"] = ours
     return settings
 
 
@@ -226,6 +228,11 @@ def build_registry(
         if namespace is None or not acting():
             return
         controller.submit(reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED")))
+
+    @kopf.on.event("", "v1", "configmaps", id="configmap", labels=ours, registry=registry)
+    def configmap_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        if namespace is not None and acting():
+            controller.submit(reconciler.on_configmap(namespace, dict(body), deleted=(type == "DELETED")))
 
     if sweeps is not None:
         sweep_handlers(registry, sweeps, acting)

@@ -7,7 +7,8 @@ spec; it is the state machine of docs/operator.md, one method per step:
    generation; input only the operator can check -> Stalled/InvalidSpec;
 2. find the experiment's jobs (a missing PyTorchJob CRD -> Stalled/PyTorchJobCRDMissing, retried);
 3. create-or-get the ConfigMap and the job (409 AlreadyExists is success once the owner UID
-   matches), then apply a change of spec.suspend;
+   matches), create a running run's ConfigMap again if it was deleted, then apply a change of
+   spec.suspend;
 4. observe the job (and, once it finished, its master pod's termination message);
 5. write the status if and only if it differs, post Events for the transitions;
 6. retire jobs of earlier runs: their state is in status.previousRuns by now, so delete them.
@@ -30,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamix.errors import UserError
-from datamix.experiment import RunPlan, plan_run, queue_name
+from datamix.experiment import RUN_ID_SCHEME, RunPlan, plan_run, queue_name
 from datamix.names import (
     ANNOTATION_SUSPEND,
     JOB_NAME_LABEL,
     LABEL_EXPERIMENT,
     LABEL_MANAGED_BY,
     LABEL_RUN,
+    LABEL_RUN_ID_SCHEME,
     MANAGED_BY,
     MASTER_REPLICA,
     REPLICA_TYPE_LABEL,
@@ -98,6 +100,11 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
         ref.get("uid") == uid and ref.get("controller")
         for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
     )
+
+
+def run_id_scheme(obj: Mapping[str, Any]) -> str:
+    """The run-id scheme a child was made with (unlabelled: made before the label, same scheme)."""
+    return str((obj["metadata"].get("labels") or {}).get(LABEL_RUN_ID_SCHEME, RUN_ID_SCHEME))
 
 
 def experiment_selector(name: str) -> str:
@@ -196,6 +203,7 @@ class Reconciler:
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion our last status patch produced
         self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
         self._planned: dict[tuple[str, str], PlannedRun] = {}
+        self._configmap_gone: dict[tuple[str, str], str] = {}  # a running run's ConfigMap deleted by hand
         # ... and of each job.
         self._job_seen: dict[tuple[str, str], str] = {}
         self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
@@ -241,6 +249,19 @@ class Reconciler:
         # a job that is not the current run's: look for all of them (retire what is stale)
         return Request(namespace, experiment, full=not deleted and meta.get("name") != current_job)
 
+    def on_configmap(self, namespace: str, configmap: Mapping[str, Any], deleted: bool) -> Request | None:
+        """A run's ConfigMap deleted by someone else while its run goes on: the pods of a restart
+        would not start without it, so the reconciliation creates it again."""
+        meta = configmap.get("metadata") or {}
+        experiment = (meta.get("labels") or {}).get(LABEL_EXPERIMENT)
+        if not deleted or not experiment:
+            return None
+        planned = self._planned.get((namespace, experiment))
+        if planned is not None and planned.plan.name != meta.get("name"):
+            return None  # an earlier run's, retired by us
+        self._configmap_gone[(namespace, experiment)] = str(meta.get("name", ""))
+        return Request(namespace, experiment)
+
     def reset(self) -> None:
         """Forget what this process learnt about the children: after a gap in leadership another
         process may have acted, so the next reconciliation of each experiment lists its jobs."""
@@ -252,6 +273,7 @@ class Reconciler:
         self._written.pop(key, None)
         self._listed.discard(key)
         self._planned.pop(key, None)
+        self._configmap_gone.pop(key, None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
         self.metrics.observe_phase(namespace, name, None)
@@ -331,6 +353,17 @@ class Reconciler:
             p.jobs = None
             p.stall = p.stall or crd_missing(err)
             p.retry = self.crd_retry_seconds
+        foreign = sorted((n, run_id_scheme(j)) for n, j in (p.jobs or {}).items() if run_id_scheme(j) != RUN_ID_SCHEME)
+        if foreign:
+            # Another version's operator made them: its ids are not comparable with ours, so
+            # neither retire them nor start a second run beside them (its deletion wakes us).
+            p.jobs = None
+            p.stall = p.stall or Stall(
+                Reason.UNKNOWN_RUN_ID_SCHEME,
+                f"PyTorchJob {foreign[0][0]} was made with run-id scheme {foreign[0][1]!r}, which this operator "
+                f"(scheme {RUN_ID_SCHEME!r}) does not know; it is left alone. Run the operator version that made "
+                "it, or delete the job to start this operator's run",
+            )
         if p.planned is None and p.old_run:
             p.run = self._recorded_run(p.namespace, p.name, p.old_run)  # keep following the last valid run
 
@@ -359,6 +392,8 @@ class Reconciler:
             except Conflict as err:
                 p.stall = Stall(Reason.CHILD_CONFLICT, str(err))
                 p.retry = 10.0
+        elif not p.finished and (p.namespace, p.name) in self._configmap_gone:
+            self._restore_configmap(p)
         if p.live is not None:
             p.live = self._apply_suspend(p.namespace, p.planned.plan, p.live)
 
@@ -424,7 +459,7 @@ class Reconciler:
         if p.planned is not None and p.run is not None and (p.stale or p.old_run.get("id") != p.run.id):
             for cm in self.kube.list_configmaps(p.namespace, experiment_selector(p.name)):
                 cm_name = cm["metadata"]["name"]
-                if cm_name != p.run.config_map and owned_by(cm, p.uid):
+                if cm_name != p.run.config_map and owned_by(cm, p.uid) and run_id_scheme(cm) == RUN_ID_SCHEME:
                     self.kube.delete_configmap(p.namespace, cm_name)
 
     # ------------------------------------------------------------------------------------------
@@ -444,18 +479,9 @@ class Reconciler:
 
     def _create_children(self, namespace: str, exp: dict[str, Any], planned: PlannedRun) -> dict[str, Any]:
         uid = exp["metadata"]["uid"]
-        # the API calls below may not change the kept rendering
-        configmap, job = copy.deepcopy(planned.configmap), copy.deepcopy(planned.job)
-        try:
-            self.kube.create_configmap(namespace, configmap)
-        except AlreadyExists:
-            existing = self.kube.get_configmap(namespace, configmap["metadata"]["name"])
-            if existing is not None and not owned_by(existing, uid):
-                raise Conflict(
-                    f"ConfigMap {configmap['metadata']['name']} exists and is not this experiment's; "
-                    "waiting for it to be deleted"
-                ) from None
+        self._create_configmap(namespace, uid, planned)
         crash_point("configmap-created")
+        job = copy.deepcopy(planned.job)  # the API call may not change the kept rendering
         job_name = job["metadata"]["name"]
         try:
             live = self.kube.create_job(namespace, job)
@@ -471,6 +497,34 @@ class Reconciler:
             live = found
         crash_point("job-created")
         return live
+
+    def _create_configmap(self, namespace: str, uid: str, planned: PlannedRun) -> bool:
+        """Create-or-get the run's ConfigMap; True if this call created it."""
+        configmap = copy.deepcopy(planned.configmap)
+        self._configmap_gone.pop((namespace, planned.plan.owner.name), None)
+        try:
+            self.kube.create_configmap(namespace, configmap)
+            return True
+        except AlreadyExists:
+            existing = self.kube.get_configmap(namespace, configmap["metadata"]["name"])
+            if existing is not None and not owned_by(existing, uid):
+                raise Conflict(
+                    f"ConfigMap {configmap['metadata']['name']} exists and is not this experiment's; "
+                    "waiting for it to be deleted"
+                ) from None
+            return False
+
+    def _restore_configmap(self, p: Pass) -> None:
+        """The running run's ConfigMap was deleted: the same rendering again, byte-identical."""
+        assert p.planned is not None and p.run is not None
+        try:
+            if self._create_configmap(p.namespace, p.uid, p.planned):
+                self._event(p.exp, "Warning", Reason.CONFIGMAP_RECREATED,
+                            f"ConfigMap {p.run.config_map} was deleted while its run was going; created again, "
+                            "identical")
+        except Conflict as err:
+            p.stall = Stall(Reason.CHILD_CONFLICT, str(err))
+            p.retry = 10.0
 
     def _apply_suspend(self, namespace: str, plan: RunPlan, job: dict[str, Any]) -> dict[str, Any]:
         """Act on a change of spec.suspend. With a Kueue queue, runPolicy.suspend is Kueue's: the

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from datamix.errors import UserError
-from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH, RunPlan, plan_run
+from datamix.experiment import DEFAULT_BASE_DIR, DEFAULT_OUTPUT_PATH, RUN_ID_SCHEME, RunPlan, plan_run
 from datamix.names import (
     ANNOTATION_SUSPEND,
     KUEUE_QUEUE_LABEL,
@@ -23,6 +23,7 @@ from datamix.names import (
     LABEL_MANAGED_BY,
     LABEL_PART_OF,
     LABEL_RUN,
+    LABEL_RUN_ID_SCHEME,
     MANAGED_BY,
     PART_OF,
     PYTORCHJOB_API_VERSION,
@@ -117,6 +118,7 @@ def child_labels(plan: RunPlan) -> dict[str, str]:
         LABEL_PART_OF: PART_OF,
         LABEL_EXPERIMENT: plan.owner.name,
         LABEL_RUN: plan.id,
+        LABEL_RUN_ID_SCHEME: RUN_ID_SCHEME,
     }
 
 

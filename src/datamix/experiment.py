@@ -61,6 +61,12 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+# The version of `run_id`'s recipe, labelled on every child (names.LABEL_RUN_ID_SCHEME). Children
+# without the label predate it and were made with this same recipe (tests/api pins fixed ids). A
+# change of the recipe must change this value.
+RUN_ID_SCHEME = "1"
+
+
 def run_id(manifest: Mapping[str, Any]) -> str:
     """A short hash of the run-defining spec: equal specs give equal ids, in any process."""
     spec = manifest.get("spec", {})

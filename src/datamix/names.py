@@ -18,6 +18,9 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
 LABEL_EXPERIMENT: Final = f"{GROUP}/experiment"
 LABEL_RUN: Final = f"{GROUP}/run"
+# How the run id in LABEL_RUN was computed (experiment.RUN_ID_SCHEME). An operator leaves children
+# of a scheme it does not know alone: another version's operator made them, and its ids are not ours.
+LABEL_RUN_ID_SCHEME: Final = f"{GROUP}/run-id-scheme"
 # What the user last asked for with spec.suspend, as applied by the operator to the job. With a
 # Kueue queue, runPolicy.suspend belongs to Kueue; the operator acts only when this changes.
 ANNOTATION_SUSPEND: Final = f"{GROUP}/suspend"
@@ -104,6 +107,7 @@ class Reason:
     TOO_LARGE: Final = "TooLarge"  # a rendered child would exceed what the API server stores
     CRD_MISSING: Final = "PyTorchJobCRDMissing"
     CHILD_CONFLICT: Final = "ChildConflict"
+    UNKNOWN_RUN_ID_SCHEME: Final = "UnknownRunIdScheme"  # a job made by another operator version
     NOT_CREATED: Final = "JobNotCreated"
     AS_EXPECTED: Final = "AsExpected"
     SUPERSEDED: Final = "Superseded"
@@ -113,6 +117,7 @@ class Reason:
     RUN_STARTED: Final = "RunStarted"
     RUN_RETIRED: Final = "RunRetired"
     JOB_RECREATED: Final = "JobRecreated"  # the running run's job was deleted by hand: created again
+    CONFIGMAP_RECREATED: Final = "ConfigMapRecreated"  # ... its run spec ConfigMap: created again, identical
     RESUMED: Final = "Resumed"
     PROGRESS_RESUMED: Final = "ProgressResumed"
     FOREIGN_POD: Final = "ForeignPodIgnored"  # a pod labelled like the run's master, not owned by its job

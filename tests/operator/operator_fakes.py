@@ -288,3 +288,7 @@ class Driven:
     def on_job(self, namespace: str, job: dict[str, Any], deleted: bool = False) -> None:
         self.controller.submit(self.reconciler.on_job(namespace, job, deleted=deleted))
         self.drain()
+
+    def on_configmap(self, namespace: str, configmap: dict[str, Any], deleted: bool = False) -> None:
+        self.controller.submit(self.reconciler.on_configmap(namespace, configmap, deleted=deleted))
+        self.drain()

@@ -31,10 +31,12 @@ from testsupport.clusterlib import A100, CLUSTER_CLI, wait_for
 from testsupport.experiments import (
     apply_crd,
     condition,
+    core,
     e2e_manifest,
     experiment_events,
     get_experiment,
     kubectl_apply,
+    list_configmaps,
     list_jobs,
     posted_events,
     wait_condition,
@@ -222,6 +224,28 @@ def test_a_running_runs_job_deleted_by_hand_is_created_again_and_said_so(
     (said,) = posted_events(k8s_client, namespace, "deleted-mid-run", "JobRecreated")
     assert "resumes from the run's newest checkpoint" in said.message
     done = wait_phase(k8s_client, namespace, "deleted-mid-run", "Succeeded", timeout=120, op=op)
+    assert done["status"]["result"]["trainLoss"] == 2.5
+
+
+def test_a_running_runs_configmap_deleted_by_hand_is_created_again_byte_identical(
+    k8s_client: Any, cluster: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    op = start_operator([namespace])
+    kubectl_apply(cluster, namespace, e2e_manifest("cm-deleted", pool=gpu_pool, duration="20s", loss=2.5))
+    wait_phase(k8s_client, namespace, "cm-deleted", "Running", op=op)
+    (cm,) = list_configmaps(k8s_client, namespace, "cm-deleted")
+    core(k8s_client).delete_namespaced_config_map(cm.metadata.name, namespace)
+    (again,) = wait_for(lambda: [c for c in list_configmaps(k8s_client, namespace, "cm-deleted")
+                                 if c.metadata.uid != cm.metadata.uid], 30, description="the ConfigMap created again")
+    assert again.metadata.name == cm.metadata.name
+    assert again.data == cm.data, "byte-identical run spec"
+    assert again.immutable is True
+    assert again.metadata.labels == cm.metadata.labels
+    assert [r.uid for r in again.metadata.owner_references] == [r.uid for r in cm.metadata.owner_references]
+    (said,) = posted_events(k8s_client, namespace, "cm-deleted", "ConfigMapRecreated")
+    assert cm.metadata.name in said.message
+    assert len(list_jobs(k8s_client, namespace, "cm-deleted")) == 1, "the job is kept"
+    done = wait_phase(k8s_client, namespace, "cm-deleted", "Succeeded", timeout=120, op=op)
     assert done["status"]["result"]["trainLoss"] == 2.5
 
 

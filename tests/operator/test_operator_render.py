@@ -40,6 +40,7 @@ def test_children_are_configmap_then_job_with_the_same_deterministic_name() -> N
         "app.kubernetes.io/part-of": "datamix",
         "datamix.io/experiment": "mix-a",
         "datamix.io/run": rid,
+        "datamix.io/run-id-scheme": "1",
     }
     spec = RunSpec.from_json(cm["data"]["runspec.json"])
     assert spec.run == rid and spec.namespace == "ns" and spec.procs_per_node == 8

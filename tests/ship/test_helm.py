@@ -57,7 +57,7 @@ NAMESPACED_RESOURCES = {
     ("datamix.io", "datamixtureexperiments/status"): {"patch"},
     ("datamix.io", "datamixturesweeps"): {"get", "list", "watch"},
     ("datamix.io", "datamixturesweeps/status"): {"patch"},
-    ("", "configmaps"): {"get", "list", "create", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
     ("", "events"): {"create"},

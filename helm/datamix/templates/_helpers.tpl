@@ -82,10 +82,11 @@ operator's scenario under them and checks with `kubectl auth can-i` that nothing
   resources: [datamixtureexperiments/finalizers, datamixturesweeps/finalizers]
   verbs: [update]
 {{- end }}
-# The run spec ConfigMap of each run: create-or-get, and deleted when its run is retired.
+# The run spec ConfigMap of each run: create-or-get, deleted when its run is retired, watched to
+# create it again when deleted by hand mid-run.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, watch, create, delete]
 # The run's job: create-or-get, runPolicy.suspend, retirement, and kopf's watch of its status.
 - apiGroups: [kubeflow.org]
   resources: [pytorchjobs]
