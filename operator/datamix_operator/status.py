@@ -257,7 +257,8 @@ def result_status(result: RunResult, names: Sequence[str]) -> dict[str, Any]:
         out["trainLoss"] = result.train_loss
     if result.mean_validation_loss is not None:
         out["meanValidationLoss"] = result.mean_validation_loss
-    if not result.detail_truncated and (result.tokens or result.validation_loss):
+    # A list left out of the termination message (RunResult.encode) is empty: its fields are absent.
+    if result.tokens or result.validation_loss or result.epoch_tokens:
         shares = result.realised_shares
         datasets: list[dict[str, Any]] = []
         for i, name in enumerate(names):
@@ -267,6 +268,8 @@ def result_status(result: RunResult, names: Sequence[str]) -> dict[str, Any]:
             if i < len(result.tokens):
                 entry["tokens"] = result.tokens[i]
                 entry["share"] = shares[i]
+            if i < len(result.epoch_tokens):
+                entry["epochTokens"] = result.epoch_tokens[i]
             datasets.append(entry)
         out["datasets"] = datasets
     return out

@@ -187,16 +187,21 @@ def check_weights(weights: list[float], normalised: bool = True) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run reports. Per-dataset lists follow the run spec's dataset order."""
+    """What a finished run reports. Per-dataset lists follow the run spec's dataset order; an empty
+    list is unknown (left out to fit the termination message, or written by an older trainer)."""
 
     run: str
     train_loss: float | None
     validation_loss: tuple[float | None, ...]
-    tokens: tuple[int, ...]
+    tokens: tuple[int, ...]  # training tokens consumed per dataset
     steps: int
     consumed_samples: int
     wall_seconds: float
     detail_truncated: bool = False  # per-dataset lists left out to fit the termination message
+    # Per dataset, the tokens of one epoch of its training data: the sum of the sequence lengths of
+    # the documents in its train split (megatron-core's tokens per epoch). The sweep's maxEpochs
+    # divides by it. Empty: unknown.
+    epoch_tokens: tuple[int, ...] = ()
 
     @property
     def realised_shares(self) -> list[float]:
@@ -209,8 +214,10 @@ class RunResult:
         return math.fsum(losses) / len(losses) if losses else None
 
     def encode(self, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
-        """Compact JSON with short keys and 5 significant digits; the per-dataset lists are
-        dropped (and `trunc` set) only if the document would not fit in `limit` bytes."""
+        """Compact JSON with short keys and 5 significant digits. What does not fit in `limit`
+        bytes is left out (and `trunc` set), least needed first: the consumed tokens (the blend
+        keeps them within a few samples of share x samples, and results.json has them), then the
+        epoch sizes (only maxEpochs needs them), then the validation losses."""
         doc: dict[str, Any] = {
             "v": RUN_RESULT_VERSION,
             "run": self.run,
@@ -221,9 +228,20 @@ class RunResult:
             "samples": self.consumed_samples,
             "wall": round(self.wall_seconds, 1),
         }
-        text = _dumps(doc)
-        if len(text.encode()) > limit or self.detail_truncated:
+        if self.epoch_tokens:
+            doc["epoch"] = list(self.epoch_tokens)
+        if self.detail_truncated:
             doc["val"], doc["tok"], doc["trunc"] = [], [], True
+            doc.pop("epoch", None)
+        text = _dumps(doc)
+        for drop in ("tok", "epoch", "val"):
+            if len(text.encode()) <= limit:
+                break
+            doc["trunc"] = True
+            if drop == "epoch":
+                doc.pop("epoch", None)
+            else:
+                doc[drop] = []
             text = _dumps(doc)
         return text
 
@@ -231,10 +249,18 @@ class RunResult:
     def decode(cls, text: str) -> RunResult:
         try:
             doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise TypeError("not a JSON object")
             if doc.get("v") != RUN_RESULT_VERSION:
                 raise RunSpecError(f"run result version {doc.get('v')!r} is not {RUN_RESULT_VERSION}")
-            if not isinstance(doc["run"], str) or not isinstance(doc["val"], list) or not isinstance(doc["tok"], list):
+            epoch = doc.get("epoch", [])  # absent in results of trainers older than maxEpochs
+            if not isinstance(doc["run"], str) or not all(isinstance(doc[k], list) for k in ("val", "tok")):
                 raise TypeError("run must be a string, val and tok lists")
+            if not isinstance(epoch, list):
+                raise TypeError("epoch must be a list of token counts")
+            lengths = {len(x) for x in (doc["val"], doc["tok"], epoch) if x}
+            if len(lengths) > 1:
+                raise ValueError(f"per-dataset lists of different lengths ({sorted(lengths)})")
             return cls(
                 run=doc["run"],
                 train_loss=_loss(doc["loss"]),
@@ -244,6 +270,7 @@ class RunResult:
                 consumed_samples=_count(doc["samples"]),
                 wall_seconds=float(_loss(doc["wall"]) or 0.0),
                 detail_truncated=bool(doc.get("trunc", False)),
+                epoch_tokens=tuple(_count(t) for t in epoch),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RunSpecError(f"malformed run result: {err}") from err

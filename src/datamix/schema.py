@@ -637,6 +637,11 @@ STATUS = obj(
                             "validationLoss": number("Final validation loss."),
                             "tokens": integer("Training tokens consumed.", minimum=0),
                             "share": number("Realised share of training tokens."),
+                            "epochTokens": integer(
+                                "Tokens in one epoch of the dataset's training data (the sum of its "
+                                "sequence lengths): what a sweep's maxEpochs divides by.",
+                                minimum=0,
+                            ),
                         },
                     ),
                     MAX_DATASETS,

@@ -120,6 +120,17 @@ def test_result_maps_per_dataset_arrays_to_names() -> None:
     assert "datasets" not in result_status(truncated, ["web", "code"])
 
 
+def test_result_with_epoch_tokens_and_without_consumed_tokens_maps_what_it_has() -> None:
+    """A result whose consumed tokens were left out to fit the message (RunResult.encode) still
+    gives the losses and the epoch sizes (a sweep's maxEpochs reads them)."""
+    result = RunResult(run="r", train_loss=1.0, validation_loss=(2.6, None), tokens=(), steps=1, consumed_samples=1,
+                       wall_seconds=1.0, detail_truncated=True, epoch_tokens=(7000, 900))
+    assert result_status(result, ["web", "code"])["datasets"] == [
+        {"name": "web", "validationLoss": 2.6, "epochTokens": 7000},
+        {"name": "code", "epochTokens": 900},
+    ]
+
+
 def test_pending_status_before_the_job_exists() -> None:
     run = run_info()
     status = desired_status(experiment(), Observation(run=run, state=None), T0)

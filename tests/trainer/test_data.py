@@ -140,3 +140,39 @@ def test_consumed_samples_per_dataset_track_target_shares_at_every_prefix(demo_d
     assert all(c > 0 for c in counts)
     # The run result's token counts are the same samples, seq_length tokens each.
     assert list(result.tokens) == [int(c) * spec.training.seq_length for c in counts]
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("sources", [1, 3])
+def test_run_result_reports_each_datasets_epoch_tokens(demo_dir: Path, tmp_path: Path, sources: int) -> None:
+    """The sizes maxEpochs divides by: per dataset, the tokens in its training data, as megatron-core's
+    dataset counts them (a blend, and a one-source run's bare dataset), in the result and the
+    termination message. Checked against the .bin files' sizes (uint16 tokens, no reader shared)."""
+    import dataclasses
+
+    import torch
+    from datamix_trainer.config import DistEnv, TrainerSettings
+    from datamix_trainer.loop import train
+
+    from datamix.runspec import RunResult, normalise
+
+    spec = quickstart_spec(
+        demo_dir, tmp_path / "out", training={"trainSteps": 2, "evalInterval": 1000, "checkpointInterval": 1000}
+    )
+    chosen = spec.datasets[:sources]
+    shares = normalise([d.share for d in chosen])
+    spec = dataclasses.replace(
+        spec, datasets=tuple(dataclasses.replace(d, share=s) for d, s in zip(chosen, shares, strict=True))
+    )
+    termination = tmp_path / "termination-log"
+    settings = TrainerSettings(metrics_port=None, termination_log=str(termination), console=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(spec, DistEnv(), settings)
+    finally:
+        torch.set_num_threads(threads)
+
+    on_disk = [Path(d.path + ".bin").stat().st_size // 2 for d in spec.datasets]
+    assert list(result.epoch_tokens) == on_disk
+    assert RunResult.decode(termination.read_text()).epoch_tokens == result.epoch_tokens

@@ -51,6 +51,14 @@ class RunData:
             return np.zeros(stop - start, dtype=np.int16)
         return np.asarray(index[start:stop])
 
+    def epoch_tokens(self) -> list[int]:
+        """Per dataset of the run spec, the tokens of one epoch of its training data: the sum of
+        the sequence lengths of the documents in its train split, the count megatron-core's
+        GPTDataset repeats its data by (a sample takes seq_length of them). Read from the built
+        datasets, so it is what this run trained on: the whole prefix today (`blend_per_split`)."""
+        parts = getattr(self.train, "datasets", None) or [self.train]  # a one-source run is a bare GPTDataset
+        return [int(np.sum(d.dataset.sequence_lengths[d.indices], dtype=np.int64)) for d in parts]
+
 
 def gpt_config(spec: RunSpec, paths: RunPaths, **blend: Any) -> GPTDatasetConfig:
     t = spec.training

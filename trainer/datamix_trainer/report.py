@@ -17,6 +17,7 @@ def load_result(path: Path) -> RunResult:
     doc = json.loads(path.read_text())
     doc["validation_loss"] = tuple(doc["validation_loss"])
     doc["tokens"] = tuple(doc["tokens"])
+    doc["epoch_tokens"] = tuple(doc.get("epoch_tokens", ()))  # absent in older results
     return RunResult(**doc)
 
 
