@@ -56,14 +56,19 @@ class FakeSweepApi:
     def sweep(self, name: str, namespace: str = "ns") -> dict[str, Any]:
         return self.sweeps[(namespace, name)]
 
-    def finish(self, name: str, losses: dict[str, float] | None, namespace: str = "ns") -> None:
-        """Play the experiment operator: the experiment succeeded with these losses (None: failed)."""
+    def finish(self, name: str, losses: dict[str, float] | None, namespace: str = "ns",
+               sizes: dict[str, int] | None = None) -> None:
+        """Play the experiment operator: the experiment succeeded with these losses (None: failed)
+        and, given `sizes`, these per-dataset epochTokens."""
         exp = self.experiments[(namespace, name)]
         if losses is None:
             exp["status"] = {"phase": "Failed"}
         else:
-            exp["status"] = {"phase": "Succeeded", "result": {"datasets": [
-                {"name": n, "validationLoss": v} for n, v in losses.items()]}}
+            datasets: list[dict[str, Any]] = [{"name": n, "validationLoss": v} for n, v in losses.items()]
+            for d in datasets:
+                if sizes and d["name"] in sizes:
+                    d["epochTokens"] = sizes[d["name"]]
+            exp["status"] = {"phase": "Succeeded", "result": {"datasets": datasets}}
 
     def unfinished(self, namespace: str = "ns") -> list[str]:
         return sorted(n for (ns, n), e in self.experiments.items()

@@ -49,9 +49,10 @@ class Harness:
         self.reconciler.reconcile("ns", name)
         return self.api.sweep(name).get("status") or {}
 
-    def run_trials(self, name: str = "mix", seed: int = 0, fail: set[int] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-        """Finish unfinished trials in a random order (results from the law) until none is created;
-        checks the parallelism after every step."""
+    def run_trials(self, name: str = "mix", seed: int = 0, fail: set[int] = frozenset(),  # type: ignore[assignment]
+                   sizes: dict[str, int] | None = None) -> dict[str, Any]:
+        """Finish unfinished trials in a random order (results from the law, with `sizes` as the
+        datasets' epochTokens) until none is created; checks the parallelism after every step."""
         rng = random.Random(seed)
         plan = SweepPlan.read(self.api.sweep(name))
         status = self.reconcile(name)
@@ -60,7 +61,8 @@ class Harness:
             trial = rng.choice(self.api.unfinished())
             exp = self.api.experiments[("ns", trial)]
             index = int(exp["metadata"]["labels"][LABEL_TRIAL])
-            self.api.finish(trial, None if index in fail else law_losses(experiment_shares(exp, LAW_DOMAINS)))
+            self.api.finish(trial, None if index in fail else law_losses(experiment_shares(exp, LAW_DOMAINS)),
+                            sizes=sizes)
             status = self.reconcile(name)
         return status
 
@@ -337,3 +339,98 @@ def test_the_controller_runs_sweeps_from_its_queue_and_retries_errors() -> None:
     assert controller.process_next(timeout=1)
     controller.on_sweep("ns", "mix", deleted=True)
     controller.stop()
+
+
+# maxEpochs: the trials' experiment trains 20480 samples of 4096 tokens; without `final` that is
+# the length maxEpochs divides by.
+PROXY_TOKENS = 20480 * 4096
+LARGE = 10**12  # a domain no mixture repeats
+
+
+def test_max_epochs_caps_a_small_domain_with_sizes_from_the_trials_results() -> None:
+    """web is the domain the law wants most (about 56%); with 2 epochs of its 0.1 x final-run
+    tokens it may have 20%, and the proposal is the law's best mixture under that cap."""
+    h = Harness()
+    h.api.add_sweep(small_sweep(trials=24, parallelism=6, maxEpochs=2))
+    sizes = {"web": PROXY_TOKENS // 10, "code": LARGE, "math": LARGE}
+    h.run_trials(sizes=sizes)
+    status = h.wait_fit()
+    assert (status["phase"], status["reason"]) == ("Succeeded", "Proposed")
+    shares = {m["name"]: m["share"] for m in status["proposal"]["mixture"]}
+    assert shares["web"] * PROXY_TOKENS / sizes["web"] <= 2 + 1e-5  # read at most twice
+    assert law_optimum()[0][0] > 0.3, "the cap must bind for this test to mean anything"
+    _, capped_optimum = law_optimum(max_share=(0.2, 1, 1))
+    ordered = [shares[d] for d in LAW_DOMAINS]
+    assert law_objective(ordered) <= capped_optimum * 1.01
+    assert "maxEpochs not applied" not in status["message"]
+
+
+def test_sizes_that_disagree_across_trials_take_the_largest() -> None:
+    h = Harness()
+    h.api.add_sweep(small_sweep(trials=4, parallelism=4, maxEpochs=2))
+    h.reconcile()
+    small, grown = PROXY_TOKENS // 10, PROXY_TOKENS // 5
+    for i, trial in enumerate(h.api.unfinished()):
+        exp = h.api.experiments[("ns", trial)]
+        web = grown if i == 2 else small  # shards appended while the sweep ran
+        h.api.finish(trial, law_losses(experiment_shares(exp, LAW_DOMAINS)), sizes={"web": web, "code": LARGE})
+    h.reconcile()
+    status = h.wait_fit()
+    shares = {m["name"]: m["share"] for m in status["proposal"]["mixture"]}
+    assert shares["web"] <= 0.4 + 1e-6
+    assert shares["web"] > 0.2 + 1e-3, "capped by the smaller size, not the largest"
+    # math reported no size: not capped, and the status says so
+    assert "maxEpochs not applied to math" in status["message"]
+
+
+def test_max_epochs_that_no_mixture_meets_stops_the_sweep_with_the_fix() -> None:
+    """Every domain holds 0.1 of the final run: 2 epochs of each fill 60%. The first result shows
+    it; no further trial is created; the message names maxEpochs and the fixes; a final run as
+    short as the message says makes the sweep go on."""
+    h = Harness()
+    sweep = small_sweep(trials=8, parallelism=2, maxEpochs=2)
+    h.api.add_sweep(sweep)
+    h.reconcile()
+    first = h.api.unfinished()[0]
+    sizes = dict.fromkeys(LAW_DOMAINS, PROXY_TOKENS // 10)
+    h.api.finish(first, law_losses(experiment_shares(h.api.experiments[("ns", first)], LAW_DOMAINS)), sizes=sizes)
+    status = h.reconcile()
+    assert (status["phase"], status["reason"]) == ("Failed", "MaxEpochsInfeasible")
+    assert status["conditions"][0]["reason"] == "MaxEpochsInfeasible"
+    message = status["message"]
+    assert message.startswith("spec.search.maxEpochs (2): ")
+    assert "raise spec.search.maxEpochs to at least 3.33" in message
+    created = len(h.api.experiments)
+    h.reconcile()
+    assert len(h.api.experiments) == created, "no trial is created for a proposal that cannot be made"
+
+    longest = int(message.split("spec.final.training) on at most ")[1].split(" tokens")[0].replace(",", ""))
+    assert longest <= 0.6 * PROXY_TOKENS
+    training = {**sweep["spec"]["experiment"]["training"], "trainSamples": longest // 4096}
+    h.api.edit_sweep("mix", final={"training": training})
+    status = h.reconcile()
+    assert status["phase"] == "Running"
+    assert "conditions" not in status
+    assert len(h.api.experiments) > created
+
+
+def test_a_proposal_that_a_longer_final_run_would_over_repeat_is_refitted() -> None:
+    """Proposed without `final` (the trials' length); `final` added later trains 4x longer: the
+    recorded proposal would read web 4x as often, so it is refitted under the new cap before the
+    final run is created."""
+    h = Harness()
+    sweep = small_sweep(trials=12, parallelism=6, maxEpochs=2)
+    h.api.add_sweep(sweep)
+    sizes = {"web": PROXY_TOKENS // 3, "code": LARGE, "math": LARGE}  # cap 2/3: not binding
+    h.run_trials(sizes=sizes)
+    status = h.wait_fit()
+    web = {m["name"]: m["share"] for m in status["proposal"]["mixture"]}["web"]
+    assert 0.3 < web < 2 / 3
+    training = {**sweep["spec"]["experiment"]["training"], "trainSamples": 4 * 20480}
+    h.api.edit_sweep("mix", final={"training": training})
+    assert h.reconcile()["phase"] == "Fitting"
+    assert ("ns", "mix-final") not in h.api.experiments
+    status = h.wait_fit()
+    final = h.api.experiments[("ns", "mix-final")]
+    web = dict(zip(LAW_DOMAINS, experiment_shares(final, LAW_DOMAINS), strict=True))["web"]
+    assert web * 4 * PROXY_TOKENS / sizes["web"] <= 2 + 1e-5

@@ -47,6 +47,11 @@ class FitRequest:
     max_share: dict[str, float]
     regression: str
     seed: int
+    # maxEpochs, the domains' sizes (tokens per epoch; a domain left out is not capped) and the
+    # final run's tokens: the proposal repeats no domain more than max_epochs times.
+    max_epochs: float | None = None
+    epoch_tokens: dict[str, int] | None = None
+    final_tokens: int | None = None
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -69,7 +74,7 @@ def compute(request: FitRequest) -> FitResult:
     import numpy as np
 
     from datamix.errors import UserError
-    from datamix.search.fit import fit_and_propose
+    from datamix.search.fit import SWEEP_FIELDS, fit_and_propose
     from datamix.search.table import TrialTable
 
     started = time.monotonic()
@@ -79,7 +84,9 @@ def compute(request: FitRequest) -> FitResult:
                            losses=np.asarray(request.losses, dtype=float))
         fit = fit_and_propose(table, objective=request.objective, regression=request.regression,
                               min_share=request.min_share, max_share=request.max_share,
-                              prior=np.asarray(request.prior, dtype=float), seed=request.seed)
+                              max_epochs=request.max_epochs, domain_tokens=request.epoch_tokens,
+                              final_tokens=request.final_tokens,
+                              prior=np.asarray(request.prior, dtype=float), seed=request.seed, fields=SWEEP_FIELDS)
     except UserError as err:
         return FitResult(trials=len(request.trials), error=str(err), seconds=time.monotonic() - started)
     proposal = fit.proposal

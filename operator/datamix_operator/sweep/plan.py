@@ -31,6 +31,8 @@ class SweepPlan:
     def read(cls, manifest: Mapping[str, Any]) -> SweepPlan:
         """The sweep's settings; what only the operator can judge is a UserError naming the field."""
         sweep = parse_sweep(dict(manifest))
+        if sweep.search.max_epochs is not None:
+            sweep.final_tokens()  # the final run's length must plan (maxEpochs divides by it)
         weights = {k: float(v) for k, v in (sweep.objective or {}).items() if v > 0}
         if not weights:  # the default: the mean over every dataset with validation data
             weights = {d["name"]: 1.0 for d in sweep.experiment["datasets"]["mixture"] if d.get("validationPath")}
@@ -114,6 +116,18 @@ def validation_losses(exp: Mapping[str, Any]) -> dict[str, float]:
         loss = d.get("validationLoss")
         if isinstance(loss, int | float) and math.isfinite(loss):
             out[d["name"]] = float(loss)
+    return out
+
+
+def epoch_tokens(exp: Mapping[str, Any]) -> dict[str, int]:
+    """Per-dataset tokens of one epoch (`epochTokens`) from an experiment's status.result; a
+    dataset without a whole non-negative number there is of unknown size."""
+    datasets = ((exp.get("status") or {}).get("result") or {}).get("datasets") or []
+    out = {}
+    for d in datasets:
+        size = d.get("epochTokens")
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0 and isinstance(d.get("name"), str):
+            out[d["name"]] = size
     return out
 
 

@@ -12,6 +12,9 @@ retry) calls `SweepReconciler.reconcile(namespace, name)`, which reads the world
    (seed, index): a restarted operator re-creates nothing (a 409 is adopted if it is ours);
 5. when every trial has finished: the fit (off this thread, `Fitter`), then the proposal in the
    status, then with `spec.final` the experiment `<sweep>-final` with the proposed shares;
+   with maxEpochs, the domains' sizes come from the trials' results (`epochTokens`), and as soon
+   as they show that no mixture can meet the caps the sweep stops (MaxEpochsInfeasible) instead
+   of training trials for a proposal that cannot be made;
 6. write the status when it differs.
 
 The proposal is recorded in the status, and the final run is created from the status, so a
@@ -28,6 +31,7 @@ from typing import Any
 
 from datamix.errors import UserError
 from datamix.names import FINAL_TRIAL, LABEL_SWEEP, LABEL_TRIAL, MANAGED_BY
+from datamix.search.epochs import merge_sizes
 from datamix.sweep_schema import final_name, trial_name
 from datamix_operator.kube import AlreadyExists, KubeError
 from datamix_operator.reconcile import owned_by, utcnow
@@ -35,12 +39,19 @@ from datamix_operator.status import merge_patch, same
 from datamix_operator.sweep.fit import FitRequest, FitResult, Fitter
 from datamix_operator.sweep.kube import SweepApi
 from datamix_operator.sweep.metrics import SweepMetrics
-from datamix_operator.sweep.plan import SweepPlan, experiment_shares, objective_of, validation_losses
+from datamix_operator.sweep.plan import (
+    SweepPlan,
+    epoch_tokens,
+    experiment_shares,
+    objective_of,
+    validation_losses,
+)
 
 log = logging.getLogger("datamix_operator")
 
 INVALID_SPEC = "InvalidSpec"
 CHILD_CONFLICT = "ChildConflict"
+MAX_EPOCHS_INFEASIBLE = "MaxEpochsInfeasible"
 
 
 @dataclass
@@ -52,10 +63,13 @@ class Trials:
     failed: set[int] = field(default_factory=set)
     # index -> (shares in plan.domains order, objective-dataset losses, objective)
     succeeded: dict[int, tuple[list[float], list[float], float]] = field(default_factory=dict)
+    # dataset name -> tokens of one epoch, merged over every trial that reported them
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def classify(plan: SweepPlan, experiments: Mapping[int, dict[str, Any]]) -> Trials:
     out = Trials(experiments=dict(experiments))
+    out.sizes = merge_sizes(epoch_tokens(exp) for exp in experiments.values())
     loss_domains = list(plan.objective)
     for index, exp in experiments.items():
         phase = (exp.get("status") or {}).get("phase")
@@ -95,7 +109,38 @@ def fit_request(plan: SweepPlan, trials: Trials) -> FitRequest:
         max_share=dict(search.max_share or {}),
         regression=plan.regression,
         seed=search.seed,
+        **_repetition_request(plan, trials),
     )
+
+
+def _repetition_request(plan: SweepPlan, trials: Trials) -> dict[str, Any]:
+    repetition = plan.sweep.repetition(trials.sizes)
+    if repetition is None:
+        return {}
+    return {"max_epochs": repetition.max_epochs, "epoch_tokens": dict(repetition.sizes),
+            "final_tokens": repetition.final_tokens}
+
+
+def infeasible_epochs(plan: SweepPlan, trials: Trials) -> str | None:
+    """Why maxEpochs's caps leave no mixture, from the sizes known so far (more sizes only add
+    caps, so a sweep infeasible now stays so), or None."""
+    try:
+        plan.sweep.repetition_bounds(trials.sizes)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def unknown_sizes_note(plan: SweepPlan, trials: Trials) -> str:
+    """What the status says when maxEpochs could not cap some domains."""
+    repetition = plan.sweep.repetition(trials.sizes)
+    if plan.sweep.search.max_epochs is None:
+        return ""
+    unknown = repetition.unknown(plan.domains) if repetition else list(plan.domains)
+    if not unknown:
+        return ""
+    return (f"; maxEpochs not applied to {', '.join(unknown)}: no trial reported their size (epochTokens: a trainer "
+            "image older than it, or a result cut to fit the termination message)")
 
 
 class SweepReconciler:
@@ -154,9 +199,11 @@ class SweepReconciler:
         trials = classify(plan, trial_exps)
         too_many_failed = len(trials.failed) > plan.max_failed
 
+        infeasible = infeasible_epochs(plan, trials) if final is None else None
+
         # 4. create trials up to the parallelism
         conflict: str | None = None
-        if not too_many_failed and not plan.suspend:
+        if not too_many_failed and not plan.suspend and infeasible is None:
             room = plan.parallelism - len(trials.active)
             missing = [i for i in range(plan.trials) if i not in trials.experiments]
             for index in missing[: max(room, 0)]:
@@ -177,6 +224,10 @@ class SweepReconciler:
         if too_many_failed:
             self._phase(new, "Failed", "TooManyFailedTrials",
                         f"{len(trials.failed)} trials failed, more than maxFailedTrials ({plan.max_failed})")
+        elif infeasible is not None:
+            # Recoverable by a shorter spec.final.training (the message says so): a Stalled condition too.
+            self._phase(new, "Failed", MAX_EPOCHS_INFEASIBLE, infeasible)
+            new = self._stalled(sweep, old, MAX_EPOCHS_INFEASIBLE, infeasible, base=new)
         elif not all_finished:
             if plan.suspend:
                 self._phase(new, "Suspended", "Suspended",
@@ -193,7 +244,7 @@ class SweepReconciler:
                       new: dict[str, Any], final: dict[str, Any] | None) -> None:
         namespace, name = plan.namespace, plan.name
         proposal = old.get("proposal")
-        if proposal and old.get("fit"):
+        if proposal and old.get("fit") and (final is not None or not self._over_repeated(plan, trials, proposal)):
             new["proposal"], new["fit"] = proposal, old["fit"]  # recorded: never refit a finished sweep
         else:
             result = self.fitter.result(f"{namespace}/{name}", fit_request(plan, trials),
@@ -222,7 +273,7 @@ class SweepReconciler:
                 return
             self._event(sweep, "Normal", "FinalCreated", f"Created {final_name(name)} with the proposed mixture")
         if final is None:
-            self._phase(new, "Succeeded", "Proposed", self._proposal_message(new))
+            self._phase(new, "Succeeded", "Proposed", self._proposal_message(new) + unknown_sizes_note(plan, trials))
             return
         final_phase = (final.get("status") or {}).get("phase") or "Pending"
         record: dict[str, Any] = {"experiment": final["metadata"]["name"], "phase": final_phase}
@@ -233,11 +284,23 @@ class SweepReconciler:
             record["observedObjective"] = observed
         new["final"] = record
         if final_phase == "Succeeded":
-            self._phase(new, "Succeeded", "FinalSucceeded", self._proposal_message(new))
+            self._phase(new, "Succeeded", "FinalSucceeded",
+                        self._proposal_message(new) + unknown_sizes_note(plan, trials))
         elif final_phase == "Failed":
             self._phase(new, "Failed", "FinalFailed", f"the final run {final['metadata']['name']} failed")
         else:
             self._phase(new, "Running", "FinalRunning", f"the final run {final['metadata']['name']} is {final_phase}")
+
+    @staticmethod
+    def _over_repeated(plan: SweepPlan, trials: Trials, proposal: Mapping[str, Any]) -> bool:
+        """A recorded proposal that repeats a domain more than maxEpochs allows the final run as it
+        is now (spec.final added or lengthened after the fit): it is refitted before the final
+        run is created."""
+        repetition = plan.sweep.repetition(trials.sizes)
+        if repetition is None:
+            return False
+        shares = {m["name"]: m["share"] for m in proposal.get("mixture") or []}
+        return bool(repetition.exceeded(plan.domains, [shares.get(d, 0.0) for d in plan.domains]))
 
     # ------------------------------------------------------------------------------------------
     # status

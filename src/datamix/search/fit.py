@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 
 from datamix.errors import UserError
-from datamix.search.proposer import Proposal, propose, repetition_caps
+from datamix.search.epochs import Repetition
+from datamix.search.proposer import Proposal, propose
 from datamix.search.regression import DEFAULT_REGRESSION, REGRESSIONS, cross_validated_spearman, fit
 from datamix.search.simplex import Bounds
 from datamix.search.table import TrialTable, objective_weights
@@ -28,12 +29,18 @@ class Fields:
     min_share: str
     max_share: str
     max_epochs: str
+    final_length: str  # where the final run's length is set
 
 
 SWEEP_FIELDS = Fields(
-    "spec.objective", "spec.regression", "spec.search.minShare", "spec.search.maxShare", "spec.search.maxEpochs"
+    "spec.objective",
+    "spec.regression",
+    "spec.search.minShare",
+    "spec.search.maxShare",
+    "spec.search.maxEpochs",
+    "spec.final.training",
 )
-FLAGS = Fields("--objective", "--regression", "--min-share", "--max-share", "maxEpochs")
+FLAGS = Fields("--objective", "--regression", "--min-share", "--max-share", "--max-epochs", "--final-tokens")
 
 
 @dataclass(frozen=True)
@@ -77,16 +84,18 @@ def fit_and_propose(
     """Fit `regression` to the table, measure it, and propose the best feasible mixture.
 
     `prior` defaults to the trials' mean mixture (a table carries no prior); `fields` names the inputs
-    names in errors (`spec.search.` for a sweep manifest, empty for command-line flags).
+    in errors (the manifest's fields, or the command's flags). With `max_epochs`, the domains' sizes
+    (`domain_tokens`: tokens per epoch; a domain left out is not capped) and the final run's
+    `final_tokens`, no domain is proposed a share that repeats it more than `max_epochs` times.
     """
     names = fields or SWEEP_FIELDS
     if regression not in REGRESSIONS:
         raise UserError(f"{names.regression}: {regression!r} is not one of {', '.join(REGRESSIONS)}")
     weights = objective_weights(table, dict(objective) if objective else None, names.objective)
     bounds = Bounds.make(table.domains, min_share, max_share, names.min_share, names.max_share)
-    caps = repetition_caps(table.domains, max_epochs, domain_tokens, final_tokens)
-    if caps is not None:
-        bounds = bounds.tightened(caps, f"{names.max_epochs} ({max_epochs:g})")
+    if max_epochs is not None and domain_tokens and final_tokens:
+        repetition = Repetition(max_epochs, domain_tokens, final_tokens)
+        bounds = repetition.bound(bounds, names.max_epochs, names.final_length)
     bounds = within_observed(bounds, table.shares)
     start = table.shares.mean(axis=0) if prior is None else prior
     model = fit(regression, table.shares, table.losses, weights)

@@ -26,6 +26,7 @@ import yaml
 
 from datamix.errors import UserError
 from datamix.experiment import DEFAULT_NAMESPACE, run_id, run_output_dir
+from datamix.search.epochs import merge_sizes
 from datamix.search.fit import FitResult
 from datamix.search.simplex import uniform
 from datamix.search.sweep import Sweep, load_sweep
@@ -40,7 +41,8 @@ class LocalRunner:
 
     # argv that trains one DataMixtureExperiment manifest: (manifest, data dir, output dir, processes)
     train_command: Callable[[Path, Path, Path, int | None], list[str]]
-    # tokens in a Megatron indexed dataset (`<prefix>.bin/.idx`), for the maxEpochs cap
+    # tokens in a Megatron indexed dataset (`<prefix>.bin/.idx`), for the maxEpochs cap when a
+    # trial's results.json has no epoch_tokens (a trainer older than them)
     count_tokens: Callable[[str], int]
     # the demo data directory, built on first use (the default sweep's data)
     demo_data_dir: Callable[[], Path]
@@ -55,6 +57,7 @@ class TrialOutcome:
     log_path: Path
     validation_loss: list[float | None] | None = None
     tokens: list[int] | None = None
+    epoch_tokens: list[int] | None = None  # per domain, tokens of one epoch (None: not reported)
     wall_seconds: float = 0.0
     failed: str | None = None
 
@@ -112,9 +115,13 @@ def run_sweep(
     )
     (home / "trials.csv").write_text(table.to_csv())
     domain_tokens = None
-    if sweep.search.max_epochs is not None:
-        mixture = sweep.experiment["datasets"]["mixture"]
-        domain_tokens = {d["name"]: runner.count_tokens(str(data / d["path"])) for d in mixture}
+    if sweep.search.max_epochs is not None:  # the sizes the trials reported, as the operator takes them
+        domain_tokens = merge_sizes(
+            dict(zip(sweep.domains, t.epoch_tokens, strict=True)) for t in trials if t.epoch_tokens and not t.failed
+        )
+        for d in sweep.experiment["datasets"]["mixture"]:
+            if d["name"] not in domain_tokens:  # results of a trainer older than epoch_tokens
+                domain_tokens[d["name"]] = runner.count_tokens(str(data / d["path"]))
     result = sweep.fit(table, domain_tokens)
     (home / "proposal.yaml").write_text(result.to_yaml())
     report = SweepReport(sweep=sweep, table=table, fit=result, trials=trials)
@@ -212,6 +219,8 @@ def _load(outcome: TrialOutcome) -> bool:
         return False
     outcome.validation_loss = list(doc["validation_loss"])
     outcome.tokens = [int(t) for t in doc["tokens"]]
+    sizes = doc.get("epoch_tokens")
+    outcome.epoch_tokens = [int(t) for t in sizes] if sizes and len(sizes) == len(outcome.tokens) else None
     outcome.wall_seconds = float(doc.get("wall_seconds", 0.0))
     return True
 

@@ -1,8 +1,8 @@
 """The proposal: the feasible mixture of least predicted objective.
 
-Feasible: on the simplex, within each domain's minShare/maxShare, and, when the domains' sizes
-and the final run's tokens are known, no domain repeated more than maxEpochs times in the final
-run (share_i x final tokens <= maxEpochs x tokens_i: Olmix's repetition cap, RegMix's bound).
+Feasible: within `bounds`: on the simplex, within each domain's minShare/maxShare and, when the
+domains' sizes and the final run's tokens are known, maxEpochs's caps (`epochs.Repetition`, which
+lowers the upper bounds as maxShare does).
 
 - loglinear: the objective sum_j w_j (c_j + exp(.)) is a sum of exponentials of affine functions
   of the shares, hence convex, and the feasible set is convex: projected gradient descent (with a
@@ -15,7 +15,6 @@ run (share_i x final tokens <= maxEpochs x tokens_i: Olmix's repetition cap, Reg
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,22 +38,6 @@ class Proposal:
     predicted: float
     predicted_prior: float
     predicted_uniform: float
-
-
-def repetition_caps(
-    domains: Sequence[str],
-    max_epochs: float | None,
-    domain_tokens: Mapping[str, int] | None,
-    final_tokens: int | None,
-) -> np.ndarray | None:
-    """Upper shares from the repetition cap, or None when the cap or a size is unknown."""
-    if max_epochs is None or not domain_tokens or not final_tokens:
-        return None
-    caps = np.ones(len(domains))
-    for i, name in enumerate(domains):
-        if name in domain_tokens:
-            caps[i] = min(1.0, max_epochs * domain_tokens[name] / final_tokens)
-    return caps
 
 
 def propose(model: Model, bounds: Bounds, prior: np.ndarray, trials: np.ndarray, seed: int = 0) -> Proposal:

@@ -25,6 +25,7 @@ from datamix import API_VERSION, KIND
 from datamix.errors import UserError
 from datamix.experiment import build_run_spec, mixture_shares
 from datamix.schema import MAX_NAME_LENGTH
+from datamix.search.epochs import Repetition
 from datamix.search.fit import SWEEP_FIELDS, FitResult, fit_and_propose
 from datamix.search.regression import DEFAULT_REGRESSION, REGRESSIONS
 from datamix.search.sampler import SAMPLERS, trial_mixture
@@ -100,9 +101,26 @@ class Sweep:
         return tuple(d["name"] for d in self.experiment["datasets"]["mixture"] if d.get("validationPath"))
 
     def final_tokens(self) -> int:
-        """Tokens of the final run (the experiment's own length when there is no `final`)."""
-        spec = build_run_spec(self.final_manifest(self.prior))
-        return spec.training.train_samples * spec.training.seq_length
+        """Tokens the final run trains on: whole steps of global batches of seqLength tokens (the
+        run spec's rule for trainSamples, trainTokens or trainSteps), from `final.training`, or
+        the trials' own length when there is no `final`."""
+        t = build_run_spec(self.final_manifest(self.prior)).training
+        return t.train_steps * t.global_batch_size * t.seq_length
+
+    def repetition(self, sizes: Mapping[str, int]) -> Repetition | None:
+        """maxEpochs over these domain sizes (tokens per epoch) and the final run; None without
+        maxEpochs or sizes."""
+        if self.search.max_epochs is None or not sizes:
+            return None
+        return Repetition(self.search.max_epochs, dict(sizes), self.final_tokens())
+
+    def repetition_bounds(self, sizes: Mapping[str, int]) -> Bounds:
+        """The sweep's bounds with maxEpochs's caps; a UserError naming maxEpochs and the fix when
+        no mixture meets them."""
+        repetition = self.repetition(sizes)
+        if repetition is None:
+            return self.bounds
+        return repetition.bound(self.bounds, SWEEP_FIELDS.max_epochs, SWEEP_FIELDS.final_length)
 
     def trials_table(self, finished: Sequence[tuple[str, np.ndarray, Sequence[float | None]]]) -> TrialTable:
         """The table of finished trials: (name, shares, validation loss per dataset in mixture order).
@@ -140,7 +158,7 @@ class Sweep:
             max_share=self.search.max_share,
             max_epochs=self.search.max_epochs,
             domain_tokens=domain_tokens,
-            final_tokens=self.final_tokens() if domain_tokens else None,
+            final_tokens=self.final_tokens() if domain_tokens and self.search.max_epochs is not None else None,
             prior=self.prior,
             seed=self.search.seed,
             fields=SWEEP_FIELDS,
