@@ -5,7 +5,8 @@ law of the manifest's mixture (as the e2e test hands results to kwok's fake pods
     python fake_trainer.py MANIFEST DATA_DIR OUTPUT_DIR
 
 $FAKE_TRAINER_LOG: a file to append `start|end <name> <time>` lines to (to check parallelism);
-$FAKE_TRAINER_FAIL: comma-separated experiment names that fail with a user error.
+$FAKE_TRAINER_FAIL: comma-separated experiment names that fail with a user error;
+$FAKE_TRAINER_EPOCH_TOKENS: a JSON map of domain -> tokens per epoch to report as epoch_tokens.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main() -> int:
         "consumed_samples": 160,
         "wall_seconds": 0.3,
     }
+    sizes = os.environ.get("FAKE_TRAINER_EPOCH_TOKENS")
+    if sizes:
+        result["epoch_tokens"] = [json.loads(sizes)[d["name"]] for d in manifest["spec"]["datasets"]["mixture"]]
     (run_dir / "results.json").write_text(json.dumps(result))
     if log:
         with open(log, "a") as stream:

@@ -129,6 +129,17 @@ BAD_FLAGS = [
     ),
     (["--min-share", "code=0.5", "--max-share", "code=0.2"], "above --max-share"),
     (["--max-share", "code=0.2", "--max-share", "code=0.3"], "given twice"),
+    (["--max-epochs", "2"], "--max-epochs needs each domain's size (--epoch-tokens NAME=N) and --final-tokens N"),
+    (["--epoch-tokens", "code=10"], "give --max-epochs too"),
+    (["--max-epochs", "0", "--epoch-tokens", "code=10", "--final-tokens", "100"], "--max-epochs: '0'; give a number"),
+    (["--max-epochs", "x", "--epoch-tokens", "code=10", "--final-tokens", "100"], "--max-epochs: 'x' is not a number"),
+    (["--max-epochs", "2", "--epoch-tokens", "wiki=10", "--final-tokens", "100"], "'wiki' is not a domain"),
+    (["--max-epochs", "2", "--epoch-tokens", "code=1.5", "--final-tokens", "100"], "code: 1.5; give a whole"),
+    (["--max-epochs", "2", "--epoch-tokens", "code=10", "--final-tokens", "-3"], "--final-tokens: '-3'; give a number"),
+    (
+        ["--max-epochs", "1", "--final-tokens", "1000", *(f for d in DOMAINS for f in ("--epoch-tokens", f"{d}=100"))],
+        "--max-epochs (1): the final run trains 1,000 tokens and 1 epochs of each dataset fill at most 40.0%",
+    ),
 ]
 
 
@@ -170,3 +181,22 @@ def test_lightgbm_missing_is_a_one_line_error(
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
     assert "lightgbm is not installed here" in err
+
+
+def test_fit_with_max_epochs_caps_a_small_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "trials.csv"
+    csv.write_text(good_table().to_csv())
+    code, out, err = run(capsys, str(csv))
+    assert code == 0, err
+    free = {m["name"]: m["share"] for m in yaml.safe_load(out)["mixture"]}
+    wanted = max(free, key=free.__getitem__)
+    cap = free[wanted] / 2
+    final_tokens = 1_000_000
+    sizes = [f"{wanted}={int(cap * final_tokens / 3)}"]  # 3 epochs of it fill `cap` of the final run
+    code, out, err = run(
+        capsys, str(csv), "--max-epochs", "3", "--final-tokens", str(final_tokens), "--epoch-tokens", sizes[0]
+    )
+    assert code == 0, err
+    capped = {m["name"]: m["share"] for m in yaml.safe_load(out)["mixture"]}
+    assert capped[wanted] <= cap + 1e-6
+    assert math.fsum(capped.values()) == pytest.approx(1.0, abs=1e-12)

@@ -117,3 +117,28 @@ def test_failed_trials_count_against_max_failed_trials(
             runner(),
             log=lambda _: None,
         )
+
+
+def test_max_epochs_caps_the_proposal_with_sizes_from_the_trials_results(
+    tmp_path: Path, trainer_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every domain holds 8192 tokens: 20 epochs (examples/sweep.yaml's maxEpochs) of each fill 20%
+    of the final run's 400 x 16 x 128 tokens. The sizes come from the trials' results.json, not
+    from the data files (the runner's count_tokens fails)."""
+    import json
+
+    doc = yaml.safe_load((REPO / "examples" / "sweep.yaml").read_text())
+    domains = [d["name"] for d in doc["spec"]["experiment"]["datasets"]["mixture"]]
+    monkeypatch.setenv("FAKE_TRAINER_EPOCH_TOKENS", json.dumps(dict.fromkeys(domains, 8192)))
+
+    def no_files(prefix: str) -> int:
+        raise AssertionError(f"read {prefix}: the sizes are in the results")
+
+    local = runner()
+    local = LocalRunner(local.train_command, count_tokens=no_files, demo_data_dir=local.demo_data_dir)
+    report = run_sweep(str(sweep_file(tmp_path)), str(tmp_path), str(tmp_path / "out"), 3, local, log=lambda _: None)
+    final_tokens = 400 * 16 * 128
+    epochs = [float(s) * final_tokens / 8192 for s in report.fit.proposal.shares]
+    assert max(epochs) <= 20 + 1e-6
+    assert report.final is not None
+    assert np.allclose(report.final.shares, report.fit.proposal.shares)
