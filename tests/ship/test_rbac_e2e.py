@@ -142,7 +142,7 @@ NOT_ALLOWED_ANYWHERE = [
     ("update", "datamixtureexperiments.datamix.io/finalizers"),
     ("create", "datamixturesweeps.datamix.io"), ("delete", "datamixturesweeps.datamix.io"),
     ("patch", "datamixturesweeps.datamix.io"), ("update", "datamixturesweeps.datamix.io/status"),
-    ("update", "configmaps"), ("patch", "configmaps"), ("watch", "configmaps"),
+    ("update", "configmaps"), ("patch", "configmaps"),
     ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"), ("patch", "events"),
     ("delete", "leases.coordination.k8s.io"),
 ]
@@ -152,7 +152,8 @@ ALLOWED_IN_WATCHED = [
     ("create", "datamixtureexperiments.datamix.io"),
     ("get", "datamixturesweeps.datamix.io"), ("list", "datamixturesweeps.datamix.io"),
     ("watch", "datamixturesweeps.datamix.io"), ("patch", "datamixturesweeps.datamix.io/status"),
-    ("get", "configmaps"), ("list", "configmaps"), ("create", "configmaps"), ("delete", "configmaps"),
+    ("get", "configmaps"), ("list", "configmaps"), ("watch", "configmaps"), ("create", "configmaps"),
+    ("delete", "configmaps"),
     ("get", "pytorchjobs.kubeflow.org"), ("list", "pytorchjobs.kubeflow.org"),
     ("watch", "pytorchjobs.kubeflow.org"), ("create", "pytorchjobs.kubeflow.org"),
     ("patch", "pytorchjobs.kubeflow.org"), ("delete", "pytorchjobs.kubeflow.org"),
