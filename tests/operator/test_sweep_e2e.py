@@ -209,3 +209,35 @@ def test_sweep_status_documents_fit_the_crd(k8s_client: Any, namespace: str, clu
     custom(k8s_client).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SWEEP_PLURAL, "shape",
                                                              {"status": copy.deepcopy(status)})
     assert sweep_of(k8s_client, namespace, "shape")["status"] == status
+
+
+def test_max_epochs_caps_the_proposal_with_sizes_from_the_trials_termination_messages(
+    cluster: Any, k8s_client: Any, namespace: str, gpu_pool: str, start_operator: Any
+) -> None:
+    """The trials' results carry each dataset's epoch tokens (the fake trainer's termination
+    messages); the experiment operator puts them in status.result (the CRD keeps them), the sweep
+    reads them and caps web, the domain the law wants most (about 56%), at 20% of the final run
+    with maxEpochs 2; the final experiment is created with the capped proposal."""
+    from datamix.search.sweep import parse_sweep
+
+    apply_sweep_crd(cluster)
+    start_operator([namespace])
+    name = "epochs"
+    manifest = sweep_manifest(name, gpu_pool, trials=8, parallelism=4)
+    manifest["spec"]["search"]["maxEpochs"] = 2
+    final_tokens = parse_sweep(manifest).final_tokens()
+    sizes = {"web": final_tokens // 10, "code": 10**12, "math": 10**12}
+    with FakeTrainer(k8s_client, namespace, epoch_tokens=sizes) as trainer:
+        kubectl_apply(cluster, namespace, manifest)
+        done = wait_for(lambda: (s := sweep_of(k8s_client, namespace, name)).get("status", {}).get("final")
+                        and s, 400, interval=0.5, description="the capped proposal and its final run")
+        assert not trainer.errors, trainer.errors
+    trial = experiments_of(k8s_client, namespace, name)[f"{name}-t000"]
+    reported = {d["name"]: d.get("epochTokens") for d in trial["status"]["result"]["datasets"]}
+    assert reported == sizes, "the CRD keeps status.result.datasets[].epochTokens"
+    shares = {m["name"]: m["share"] for m in done["status"]["proposal"]["mixture"]}
+    assert shares["web"] * final_tokens / sizes["web"] <= 2 + 1e-4, shares
+    assert law_optimum()[0][0] > 0.3, "uncapped, the law wants web above the cap"
+    final = experiments_of(k8s_client, namespace, name)[f"{name}-final"]
+    weights = {d["name"]: d["weight"] for d in final["spec"]["datasets"]["mixture"]}
+    assert weights["web"] / sum(weights.values()) == pytest.approx(shares["web"], abs=1e-5)

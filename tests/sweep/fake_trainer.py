@@ -18,11 +18,13 @@ MASTER = "training.kubeflow.org/replica-type=master"
 
 
 class FakeTrainer:
-    """Plays every held master pod of `namespace`: the law's losses for its experiment's mixture."""
+    """Plays every held master pod of `namespace`: the law's losses for its experiment's mixture
+    (and, given `epoch_tokens`, those dataset sizes)."""
 
-    def __init__(self, api: Any, namespace: str) -> None:
+    def __init__(self, api: Any, namespace: str, epoch_tokens: dict[str, int] | None = None) -> None:
         from kubernetes import client
 
+        self.epoch_tokens = epoch_tokens  # per dataset, reported as the trainer's epoch_tokens
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespace = namespace
@@ -52,7 +54,9 @@ class FakeTrainer:
         result = RunResult(run=pod.metadata.labels[f"{GROUP}/run"], train_loss=law_objective(shares),
                            validation_loss=tuple(losses[d["name"]] for d in mixture),
                            tokens=tuple(1000 for _ in mixture), steps=10, consumed_samples=1600,
-                           wall_seconds=1.0).encode()
+                           wall_seconds=1.0,
+                           epoch_tokens=tuple(self.epoch_tokens[d["name"]] for d in mixture)
+                           if self.epoch_tokens else ()).encode()
         self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, {"metadata": {"annotations": {
             FAKE_HOLD: "false", FAKE_MESSAGE: result, FAKE_DURATION: "0s"}}})
         self.played[name] = law_objective(shares)
