@@ -352,7 +352,8 @@ def test_max_epochs_caps_a_small_domain_with_sizes_from_the_trials_results() -> 
     tokens it may have 20%, and the proposal is the law's best mixture under that cap."""
     h = Harness()
     h.api.add_sweep(small_sweep(trials=24, parallelism=6, maxEpochs=2))
-    sizes = {"web": PROXY_TOKENS // 10, "code": LARGE, "math": LARGE}
+    # 17 tokens short of 10%: the cap, 0.19999996, is recorded (6 places) as 0.2
+    sizes = {"web": PROXY_TOKENS // 10 - 17, "code": LARGE, "math": LARGE}
     h.run_trials(sizes=sizes)
     status = h.wait_fit()
     assert (status["phase"], status["reason"]) == ("Succeeded", "Proposed")
@@ -363,6 +364,10 @@ def test_max_epochs_caps_a_small_domain_with_sizes_from_the_trials_results() -> 
     ordered = [shares[d] for d in LAW_DOMAINS]
     assert law_objective(ordered) <= capped_optimum * 1.01
     assert "maxEpochs not applied" not in status["message"]
+    # a restart does not refit: the recorded proposal (shares rounded to 6 places) meets the cap
+    again = Harness(api=h.api)
+    assert again.reconcile() == status
+    assert not again.fit_done.wait(2)
 
 
 def test_sizes_that_disagree_across_trials_take_the_largest() -> None:

@@ -52,6 +52,8 @@ log = logging.getLogger("datamix_operator")
 INVALID_SPEC = "InvalidSpec"
 CHILD_CONFLICT = "ChildConflict"
 MAX_EPOCHS_INFEASIBLE = "MaxEpochsInfeasible"
+SHARE_DECIMALS = 6  # the proposal's shares in the status
+RECORDED_SHARE_TOLERANCE = 10.0**-SHARE_DECIMALS  # a recorded share is within this of the fitted one
 
 
 @dataclass
@@ -300,7 +302,8 @@ class SweepReconciler:
         if repetition is None:
             return False
         shares = {m["name"]: m["share"] for m in proposal.get("mixture") or []}
-        return bool(repetition.exceeded(plan.domains, [shares.get(d, 0.0) for d in plan.domains]))
+        recorded = [shares.get(d, 0.0) for d in plan.domains]
+        return bool(repetition.exceeded(plan.domains, recorded, tolerance=RECORDED_SHARE_TOLERANCE))
 
     # ------------------------------------------------------------------------------------------
     # status
@@ -329,7 +332,8 @@ class SweepReconciler:
             fit["spearman"] = round(result.spearman, 4)
         assert result.shares is not None
         proposal: dict[str, Any] = {
-            "mixture": [{"name": d, "share": round(s, 6)} for d, s in zip(plan.domains, result.shares, strict=True)],
+            "mixture": [{"name": d, "share": round(s, SHARE_DECIMALS)}
+                        for d, s in zip(plan.domains, result.shares, strict=True)],
         }
         for key, value in (("predictedObjective", result.predicted),
                            ("priorPredictedObjective", result.predicted_prior),

@@ -64,10 +64,12 @@ class Repetition:
     def unknown(self, domains: Sequence[str]) -> list[str]:
         return [d for d in domains if d not in self.sizes]
 
-    def exceeded(self, domains: Sequence[str], shares: Sequence[float]) -> list[str]:
-        """The domains these shares repeat more than maxEpochs times."""
+    def exceeded(
+        self, domains: Sequence[str], shares: Sequence[float], tolerance: float = SHARE_TOLERANCE
+    ) -> list[str]:
+        """The domains these shares (each known within `tolerance`) repeat more than maxEpochs times."""
         caps = self.caps(domains)
-        return [d for d, s, c in zip(domains, shares, caps, strict=True) if s > c + SHARE_TOLERANCE]
+        return [d for d, s, c in zip(domains, shares, caps, strict=True) if s > c + tolerance]
 
     def bound(self, bounds: Bounds, field: str, final_field: str) -> Bounds:
         """`bounds` with the caps added; a UserError naming `field`, the limiting datasets and the
