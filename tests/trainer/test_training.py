@@ -174,6 +174,9 @@ def test_results_json_and_termination_message_match_the_run_result_schema(ddp_ru
     # The termination message is the compact encoding of the same result.
     decoded = RunResult.decode(ddp_run["termination"].read_text())
     assert (decoded.run, decoded.tokens, decoded.steps) == (result.run, result.tokens, result.steps)
+    # each dataset's size (tokens of one epoch), reported by rank 0: the .bin files hold uint16 tokens
+    assert list(result.epoch_tokens) == [Path(d.path + ".bin").stat().st_size // 2 for d in spec.datasets]
+    assert decoded.epoch_tokens == tuple(result.epoch_tokens)
     assert decoded.validation_loss == pytest.approx(result.validation_loss, rel=1e-4)
 
 

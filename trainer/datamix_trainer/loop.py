@@ -490,7 +490,8 @@ class Trainer:
             steps=state.step,
             consumed_samples=state.consumed_samples,
             wall_seconds=self.wall_seconds(),
-            epoch_tokens=tuple(self.data.epoch_tokens()),
+            # a pass over every dataset's sequence lengths: only where the result is written
+            epoch_tokens=tuple(self.data.epoch_tokens()) if self.env.is_main else (),
         )
         if self.env.is_main:
             write_result(result, self.paths, self.settings.termination_log)
