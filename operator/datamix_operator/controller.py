@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from datamix_operator.kube import KubeApi, KubeError, NotLeader
-from datamix_operator.reconcile import Conflict, Request
+from datamix_operator.reconcile import Conflict, Request, Snapshot
 from datamix_operator.workqueue import ExponentialBackoff, WorkQueue
 
 log = logging.getLogger("datamix_operator")
@@ -29,7 +29,12 @@ Key = tuple[str, str]  # (namespace, name) of the reconciled object
 
 class Reconcilable(Protocol):
     def reconcile(
-        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        name: str,
+        full: bool = False,
+        new: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> float | None:
         """One pass over one object; the delay of a retry it asks for; raises on errors."""
         ...
@@ -45,6 +50,7 @@ class _Asked:
 
     full: bool = False
     body: dict[str, Any] | None = None
+    snapshot: Snapshot | None = None  # the newest (the reconciler checks it is still current)
 
 
 class Controller:
@@ -82,6 +88,8 @@ class Controller:
             asked.full = asked.full or request.full
             if request.body is not None:
                 asked.body = request.body
+            if request.snapshot is not None:
+                asked.snapshot = request.snapshot
         self.queue.add(key)
 
     def forget(self, namespace: str, name: str) -> None:
@@ -108,7 +116,7 @@ class Controller:
         if not self.acting():
             return
         try:
-            retry = self.reconciler.reconcile(namespace, name, full=asked.full, new=asked.body)
+            retry = self.reconciler.reconcile(namespace, name, full=asked.full, new=asked.body, snapshot=asked.snapshot)
         except NotLeader as err:  # the Lease was lost mid-way: the new leader takes it from here
             log.info("reconciling %s %s/%s stopped: %s", self.kind, namespace, name, err)
             return

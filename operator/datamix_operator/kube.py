@@ -73,7 +73,7 @@ class KubeApi(Protocol):
     def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_experiments(self, namespace: str | None) -> list[dict[str, Any]]: ...
     def patch_experiment_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
-    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]: ...
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
@@ -171,9 +171,10 @@ class ClientKube:
         ns = f"/namespaces/{namespace}" if namespace else ""
         return f"/apis/{GROUP}/{VERSION}{ns}/{PLURAL}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
-    def _jobs(self, namespace: str, name: str = "") -> str:
+    def _jobs(self, namespace: str | None, name: str = "") -> str:
         j = self.job_api
-        return f"/apis/{j.group}/{j.version}/namespaces/{namespace}/{j.plural}" + (f"/{name}" if name else "")
+        ns = f"/namespaces/{namespace}" if namespace else ""
+        return f"/apis/{j.group}/{j.version}{ns}/{j.plural}" + (f"/{name}" if name else "")
 
     def _core(self, namespace: str, plural: str, name: str = "") -> str:
         return f"/api/v1/namespaces/{namespace}/{plural}" + (f"/{name}" if name else "")
@@ -201,7 +202,8 @@ class ClientKube:
 
     # -- PyTorchJobs
 
-    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """The jobs matching `selector` in `namespace` (None: in all namespaces)."""
         try:
             doc = self._request("GET", self._jobs(namespace), query={"labelSelector": selector})
         except NotFound as err:

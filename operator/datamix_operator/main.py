@@ -7,7 +7,9 @@ Triggers, all level-based (the reconciler reads the world afresh each time):
   detection, so event handlers, not on.update, see the training-operator's status);
 - a finished master pod (its termination message carries the run result);
 - a run's ConfigMap deleted (by hand: it is created again while its run goes on);
-- a resync loop over all experiments every --resync-seconds.
+- a resync loop over all experiments every --resync-seconds: one LIST of experiments and one of
+  their jobs per namespace, handed to each reconciliation as a snapshot (no GET or LIST per
+  experiment; Reconciler.resync_requests).
 
 Why no @kopf.timer: kopf puts a finalizer on every object that has a timer (to stop the timer on
 deletion), and a finalizer with no operator running wedges `kubectl delete`. The children go
@@ -39,7 +41,6 @@ import kopf
 
 from datamix import GROUP, PLURAL, VERSION
 from datamix.names import (
-    LABEL_EXPERIMENT,
     LABEL_MANAGED_BY,
     LABEL_SWEEP,
     MANAGED_BY,
@@ -170,7 +171,6 @@ def build_registry(
     config: OperatorConfig,
     reconciler: Reconciler,
     controller: Controller,
-    kube: ClientKube,
     leadership: Leadership,
     health: Health,
     wakeup: Wakeup,
@@ -189,7 +189,7 @@ def build_registry(
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(**_: Any) -> None:
         health.tasks["resync loop"] = asyncio.create_task(
-            resync_loop(config, controller, kube, leadership, wakeup.bind(), sweeps), name="datamix resync"
+            resync_loop(config, controller, reconciler, leadership, wakeup.bind(), sweeps), name="datamix resync"
         )
         health.tasks["watch monitor"] = asyncio.create_task(watch_monitor(health), name="datamix watch monitor")
 
@@ -245,9 +245,8 @@ def build_registry(
         registry=registry,
     )
     def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        experiment = body.metadata.labels.get(LABEL_EXPERIMENT)
-        if experiment and namespace:
-            controller.enqueue(namespace, experiment)
+        if namespace is not None:
+            controller.submit(reconciler.on_master_pod(namespace, body))
 
     if progress is not None:
 
@@ -277,7 +276,7 @@ def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController, act
 async def resync_loop(
     config: OperatorConfig,
     controller: Controller,
-    kube: ClientKube,
+    reconciler: Reconciler,
     leadership: Leadership,
     wake: asyncio.Event,
     sweeps: SweepController | None = None,
@@ -294,7 +293,7 @@ async def resync_loop(
                 continue
             started = time.monotonic()
             try:
-                count = await resync_pass(config, controller, kube, loop, pool, sweeps)
+                count = await resync_pass(config, controller, reconciler, loop, pool, sweeps)
                 # The pass ends when the queue has worked off what it queued (or the next is due).
                 while controller.busy() and time.monotonic() < started + config.resync_seconds:
                     await asyncio.sleep(0.1)
@@ -306,23 +305,23 @@ async def resync_loop(
 async def resync_pass(
     config: OperatorConfig,
     controller: Controller,
-    kube: ClientKube,
+    reconciler: Reconciler,
     loop: asyncio.AbstractEventLoop,
     pool: concurrent.futures.Executor,
     sweeps: SweepController | None = None,
 ) -> int:
-    """Queue every experiment and sweep; returns how many experiments."""
+    """Queue every experiment (with the snapshot the reconciler listed) and sweep; returns how
+    many experiments."""
     count = 0
     for namespace in config.namespaces or (None,):
         try:
-            items = await loop.run_in_executor(pool, kube.list_experiments, namespace)
+            requests = await loop.run_in_executor(pool, reconciler.resync_requests, namespace)
         except Exception as err:
             log.warning("resync: cannot list experiments in %s: %s", namespace or "all namespaces", err)
             continue
-        for item in items:
-            meta = item.get("metadata") or {}
-            controller.enqueue(meta["namespace"], meta["name"], full=True)
-            count += 1
+        for request in requests:
+            controller.submit(request)
+        count += len(requests)
         if sweeps is None:
             continue
         try:
@@ -392,7 +391,7 @@ def run(config: OperatorConfig) -> None:
                                              post_event=reconciler.post_event, instance=reconciler.instance))
     sweeps.start()
     health = Health(elector)
-    registry = build_registry(config, reconciler, controller, kube, leadership, health, wakeup, progress, sweeps)
+    registry = build_registry(config, reconciler, controller, leadership, health, wakeup, progress, sweeps)
     scope = "all namespaces" if config.clusterwide else ", ".join(config.namespaces)
     election = (f"leader election on Lease {config.lease.namespace}/{config.lease.name} as {config.lease.identity}"
                 if config.lease else "no leader election")

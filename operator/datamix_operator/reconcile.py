@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import copy
 import datetime
+import itertools
 import json
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from datamix import API_VERSION, KIND
 from datamix.errors import UserError
 from datamix.experiment import RUN_ID_SCHEME, RunPlan, plan_run, queue_name
 from datamix.names import (
@@ -111,6 +114,10 @@ def experiment_selector(name: str) -> str:
     return f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_EXPERIMENT}={name}"
 
 
+# Every experiment's children at once (the resync lists them once per namespace).
+ALL_EXPERIMENTS_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_EXPERIMENT}"
+
+
 class Conflict(Exception):
     """A child of the run's name exists but belongs to another owner (e.g. a deleted experiment
     of the same name whose children the garbage collector has not removed yet)."""
@@ -127,6 +134,18 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """An experiment and its jobs as the resync listed them (one LIST per resource type and
+    namespace for all experiments). Used instead of a GET and a LIST only if nothing about the
+    experiment was seen (a watch event, a reconciliation) since `mark`, taken before the LISTs:
+    then the LISTs are at least as fresh as a GET would be."""
+
+    body: dict[str, Any]
+    jobs: list[dict[str, Any]] | None  # the jobs labelled with the experiment (None: not listed)
+    mark: int  # Reconciler.mark() before the LISTs
+
+
+@dataclass(frozen=True)
 class Request:
     """A trigger's ask to reconcile one experiment."""
 
@@ -134,6 +153,7 @@ class Request:
     name: str
     full: bool = False  # also look for jobs of earlier runs (a job not of the current run, the resync)
     body: dict[str, Any] | None = None  # a just-created experiment's body (saves the GET)
+    snapshot: Snapshot | None = None  # the resync's (saves the GET and the LIST)
 
 
 @dataclass
@@ -144,6 +164,7 @@ class Pass:
     name: str
     exp: dict[str, Any]
     full: bool
+    listed_jobs: list[dict[str, Any]] | None = None  # the resync's snapshot of the experiment's jobs
     stall: Stall | None = None
     retry: float | None = None  # the delay of a retry the situation asks for
     planned: PlannedRun | None = None  # the current run (None: the spec is invalid)
@@ -204,9 +225,14 @@ class Reconciler:
         self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
         self._planned: dict[tuple[str, str], PlannedRun] = {}
         self._configmap_gone: dict[tuple[str, str], str] = {}  # a running run's ConfigMap deleted by hand
+        self._recorded_runs: dict[tuple[str, str], RunInfo] = {}  # the run a status records, read back
+        # When anything about an experiment was last seen (an event, a reconciliation), on one
+        # counter with `mark`: a resync snapshot older than that is not used.
+        self._seq = itertools.count(1)
+        self._touched: dict[tuple[str, str], int] = {}
         # ... and of each job.
         self._job_seen: dict[tuple[str, str], str] = {}
-        self._masters: dict[str, dict[str, Any]] = {}  # finished job uid -> its master pod
+        self._masters: dict[str, dict[str, Any] | None] = {}  # finished job uid -> its master pod (None: none)
 
     # ------------------------------------------------------------------------------------------
     # which events ask for a reconciliation
@@ -220,6 +246,7 @@ class Reconciler:
         body: Mapping[str, Any] | None = None,
     ) -> Request | None:
         key = (namespace, name)
+        self._touch(key)
         if deleted:
             self.forget(namespace, name)
             return None
@@ -235,6 +262,7 @@ class Reconciler:
         experiment = (meta.get("labels") or {}).get(LABEL_EXPERIMENT)
         if not experiment:
             return None
+        self._touch((namespace, experiment))
         key = (namespace, meta.get("name", ""))
         seen = json.dumps([job.get("status"), meta.get("deletionTimestamp"), deleted], sort_keys=True)
         if not deleted and self._job_seen.get(key) == seen:
@@ -260,7 +288,51 @@ class Reconciler:
         if planned is not None and planned.plan.name != meta.get("name"):
             return None  # an earlier run's, retired by us
         self._configmap_gone[(namespace, experiment)] = str(meta.get("name", ""))
+        self._touch((namespace, experiment))
         return Request(namespace, experiment)
+
+    def on_master_pod(self, namespace: str, pod: Mapping[str, Any]) -> Request | None:
+        """A finished master pod: its job's result may be readable now."""
+        meta = pod.get("metadata") or {}
+        experiment = (meta.get("labels") or {}).get(LABEL_EXPERIMENT)
+        if not experiment:
+            return None
+        self._touch((namespace, experiment))
+        for ref in meta.get("ownerReferences") or []:
+            if self._masters.get(ref.get("uid", ""), False) is None:
+                del self._masters[ref["uid"]]  # read it, no longer "no master pod"
+        return Request(namespace, experiment)
+
+    def mark(self) -> int:
+        """Now, on the counter of `_touch`: taken before the resync's LISTs (see Snapshot)."""
+        return next(self._seq)
+
+    def _touch(self, key: tuple[str, str]) -> None:
+        self._touched[key] = next(self._seq)
+
+    def resync_requests(self, namespace: str | None) -> list[Request]:
+        """A full reconciliation of every experiment in `namespace` (None: all), each with a
+        snapshot of the experiment and its jobs: one LIST of experiments and one of jobs in all,
+        instead of a GET and a LIST per experiment (each such LIST makes the API server scan
+        every job of the namespace)."""
+        mark = self.mark()
+        experiments = self.kube.list_experiments(namespace)
+        jobs: dict[tuple[str, str], list[dict[str, Any]]] | None = defaultdict(list)
+        try:
+            for job in self.kube.list_jobs(namespace, ALL_EXPERIMENTS_SELECTOR):
+                meta = job["metadata"]
+                jobs[meta["namespace"], meta["labels"][LABEL_EXPERIMENT]].append(job)  # type: ignore[index]
+        except KubeError as err:  # e.g. the CRD is missing: each reconciliation finds out itself
+            log.debug("resync: cannot list PyTorchJobs in %s: %s", namespace or "all namespaces", err)
+            jobs = None
+        out = []
+        for exp in experiments:
+            exp.setdefault("apiVersion", API_VERSION)  # a LIST's items may omit them
+            exp.setdefault("kind", KIND)
+            key = (exp["metadata"]["namespace"], exp["metadata"]["name"])
+            listed = jobs.get(key, []) if jobs is not None else None
+            out.append(Request(*key, full=True, snapshot=Snapshot(exp, listed, mark)))
+        return out
 
     def reset(self) -> None:
         """Forget what this process learnt about the children: after a gap in leadership another
@@ -274,6 +346,8 @@ class Reconciler:
         self._listed.discard(key)
         self._planned.pop(key, None)
         self._configmap_gone.pop(key, None)
+        self._recorded_runs.pop(key, None)
+        self._touched.pop(key, None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
         self.metrics.observe_phase(namespace, name, None)
@@ -282,21 +356,32 @@ class Reconciler:
     # the reconciliation
 
     def reconcile(
-        self, namespace: str, name: str, full: bool = False, new: dict[str, Any] | None = None
+        self,
+        namespace: str,
+        name: str,
+        full: bool = False,
+        new: dict[str, Any] | None = None,
+        snapshot: Snapshot | None = None,
     ) -> float | None:
         """Reconcile one experiment; returns the delay of a retry the situation asks for (None:
         none); an error propagates (the controller retries with backoff). `full` also looks for jobs
-        of earlier runs; `new`: the body of a just-created experiment (instead of a GET)."""
+        of earlier runs; `new`: the body of a just-created experiment (instead of a GET);
+        `snapshot`: the resync's (instead of a GET and a LIST, if still current)."""
         started = time.monotonic()
+        key: tuple[str, str] | None = (namespace, name)
         try:
+            if snapshot is not None and self._touched.get((namespace, name), 0) > snapshot.mark:
+                snapshot = None  # something happened since the resync's LISTs: read afresh
             exp = new if new is not None and (namespace, name) not in self._written else None
+            exp = snapshot.body if snapshot is not None else exp
             exp = exp if exp is not None else self.kube.get_experiment(namespace, name)
             if exp is None:
                 self.forget(namespace, name)
+                key = None
                 return None
             if exp["metadata"].get("deletionTimestamp"):
                 return None  # the garbage collector removes the children (owner references)
-            p = Pass(namespace, name, exp, full)
+            p = Pass(namespace, name, exp, full, listed_jobs=snapshot.jobs if snapshot is not None else None)
             self._plan_current_run(p)  # 1
             self._find_jobs(p)  # 2
             self._ensure_children(p)  # 3
@@ -305,6 +390,8 @@ class Reconciler:
             self._retire_earlier_runs(p)  # 6
             return p.retry
         finally:
+            if key is not None:
+                self._touch(key)  # what it wrote is newer than any snapshot listed before
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
 
     def _plan_current_run(self, p: Pass) -> None:
@@ -323,8 +410,8 @@ class Reconciler:
     def _find_jobs(self, p: Pass) -> None:
         """2. The jobs that exist (ours: labelled and owned by this experiment). Listing them all
         finds jobs of earlier runs; it is needed only when the run changed, after a restart of the
-        operator, and in the resync. Otherwise a GET of the current run's job is enough (a LIST
-        makes the API server filter every job of the namespace)."""
+        operator, and in the resync (whose snapshot has them). Otherwise a GET of the current run's
+        job is enough (a LIST makes the API server filter every job of the namespace)."""
         key = (p.namespace, p.name)
         recorded_run = p.old_run.get("id")
         must_list = (
@@ -336,7 +423,10 @@ class Reconciler:
         if not p.old_status:
             self._listed.add(key)  # a new experiment: no earlier runs to look for
         try:
-            if must_list:
+            if p.listed_jobs is not None:
+                p.jobs = {j["metadata"]["name"]: j for j in p.listed_jobs if owned_by(j, p.uid)}
+                self._listed.add(key)
+            elif must_list:
                 p.jobs = {
                     j["metadata"]["name"]: j
                     for j in self.kube.list_jobs(p.namespace, experiment_selector(p.name))
@@ -456,7 +546,9 @@ class Reconciler:
                 self.kube.delete_job(p.namespace, job_name)
                 self.kube.delete_configmap(p.namespace, job_name)
                 self._event(p.exp, "Normal", Reason.RUN_RETIRED, f"Deleted PyTorchJob {job_name} of an earlier run")
-        if p.planned is not None and p.run is not None and (p.stale or p.old_run.get("id") != p.run.id):
+        # A new experiment (first generation, no status yet) has no earlier runs: no LIST.
+        new = not p.old_status and int(p.exp["metadata"].get("generation") or 1) <= 1
+        if p.planned is not None and p.run is not None and (p.stale or (p.old_run.get("id") != p.run.id and not new)):
             for cm in self.kube.list_configmaps(p.namespace, experiment_selector(p.name)):
                 cm_name = cm["metadata"]["name"]
                 if cm_name != p.run.config_map and owned_by(cm, p.uid) and run_id_scheme(cm) == RUN_ID_SCHEME:
@@ -552,11 +644,10 @@ class Reconciler:
         pod = None
         if terminal:
             uid = job["metadata"].get("uid", "")
-            pod = self._masters.get(uid)
-            if pod is None:
-                pod = self._master_pod(namespace, job, exp)
-                if pod is not None:
-                    self._masters[uid] = pod
+            if uid in self._masters:
+                pod = self._masters[uid]
+            else:  # read once; a master pod that finishes later clears a None (on_master_pod)
+                pod = self._masters[uid] = self._master_pod(namespace, job, exp)
         run_id = (job["metadata"].get("labels") or {}).get(LABEL_RUN)
         return run_state(job, pod, run_id=run_id)
 
@@ -624,6 +715,9 @@ class Reconciler:
         planned = self._planned.get((namespace, name))
         if planned is not None and planned.plan.id == recorded["id"]:
             return RunInfo.of(planned.plan)
+        known = self._recorded_runs.get((namespace, name))
+        if known is not None and known.id == recorded["id"]:
+            return known
         spec = None
         cm = self.kube.get_configmap(namespace, recorded.get("configMap") or recorded["job"])
         if cm is not None:
@@ -631,7 +725,10 @@ class Reconciler:
                 spec = RunSpec.from_json((cm.get("data") or {}).get(RUN_SPEC_KEY, ""))
             except RunSpecError:
                 spec = None
-        return RunInfo(recorded["id"], recorded.get("configMap") or recorded["job"], recorded["job"], spec)
+        info = RunInfo(recorded["id"], recorded.get("configMap") or recorded["job"], recorded["job"], spec)
+        if cm is not None:
+            self._recorded_runs[(namespace, name)] = info
+        return info
 
     def _count_and_announce(self, exp: dict[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
         for t in transitions(old, new):

@@ -56,8 +56,8 @@ def result_message(run: str, loss: float = 2.5, samples: int = 1600) -> str:
 def _matches(obj: dict[str, Any], selector: str) -> bool:
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+        key, equals, value = term.partition("=")
+        if (labels.get(key) != value) if equals else (key not in labels):  # KEY alone: the label exists
             return False
     return True
 
@@ -159,6 +159,7 @@ class FakeKube:
         return copy.deepcopy(obj) if obj else None
 
     def list_experiments(self, namespace: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("list_experiments", namespace or ""))
         return self._list("dmx", namespace)
 
     def patch_experiment_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +169,7 @@ class FakeKube:
         obj["metadata"]["resourceVersion"] = str(next(self._rv))
         return copy.deepcopy(obj)
 
-    def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         self.calls.append(("list_jobs", selector))
         if self.crd_missing:
             raise ResourceMissing(404, "the API server does not serve pytorchjobs.kubeflow.org/v1")
@@ -202,10 +203,12 @@ class FakeKube:
         return self._create("cm", namespace, body)
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get_configmap", name))
         obj = self.objects.get(("cm", namespace, name))
         return copy.deepcopy(obj) if obj else None
 
     def list_configmaps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.calls.append(("list_configmaps", selector))
         return self._list("cm", namespace, selector)
 
     def delete_configmap(self, namespace: str, name: str) -> None:
@@ -275,6 +278,13 @@ class Driven:
 
     def reconcile(self, namespace: str, name: str, full: bool = False) -> None:
         self.controller.enqueue(namespace, name, full=full)
+        self.drain()
+
+    def resync(self, namespace: str | None = "ns") -> None:
+        """One pass of the resync loop (main.resync_pass): queue every experiment with the
+        reconciler's snapshot, then work off the queue."""
+        for request in self.reconciler.resync_requests(namespace):
+            self.controller.submit(request)
         self.drain()
 
     def on_experiment(self, namespace: str, name: str, resource_version: str | None, deleted: bool = False,

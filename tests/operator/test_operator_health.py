@@ -11,20 +11,22 @@ from datamix_operator.config import OperatorConfig
 from datamix_operator.kube import KubeError
 from datamix_operator.leader import Leadership
 from datamix_operator.main import Health, resync_loop
+from datamix_operator.reconcile import Request
 
 
 class Lister:
-    """list_experiments fails with each of `failures` in turn, then lists two experiments."""
+    """The Reconciler's side the resync loop uses: its listing fails with each of `failures` in
+    turn, then lists two experiments."""
 
     def __init__(self, failures: list[BaseException]) -> None:
         self.failures = list(failures)
         self.calls = 0
 
-    def list_experiments(self, namespace: str | None) -> list[dict[str, Any]]:
+    def resync_requests(self, namespace: str | None) -> list[Request]:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        return [{"metadata": {"namespace": namespace, "name": n}} for n in ("a", "b")]
+        return [Request(namespace or "", n, full=True) for n in ("a", "b")]
 
 
 class Recorder:
@@ -33,8 +35,8 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []
 
-    def enqueue(self, namespace: str, name: str, *, full: bool = False) -> None:
-        self.calls.append((namespace, name, full))
+    def submit(self, request: Request) -> None:
+        self.calls.append((request.namespace, request.name, request.full))
 
     def busy(self) -> bool:
         return False
@@ -72,9 +74,9 @@ def test_the_resync_loop_survives_any_error_of_a_pass_and_says_so(caplog: Any) -
 
 def test_a_pass_that_raises_past_the_listing_is_logged_and_the_loop_goes_on(caplog: Any) -> None:
     class Exploding(Recorder):
-        def enqueue(self, namespace: str, name: str, *, full: bool = False) -> None:
-            super().enqueue(namespace, name, full=full)
-            raise RuntimeError("enqueue blew up")
+        def submit(self, request: Request) -> None:
+            super().submit(request)
+            raise RuntimeError("submit blew up")
 
     lister, recorder = Lister([]), Exploding()
 
