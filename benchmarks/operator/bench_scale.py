@@ -260,12 +260,13 @@ def phases(api: Any, namespace: str) -> dict[str, int]:
     return dict(collections.Counter((i.get("status") or {}).get("phase", "none") for i in items))
 
 
-def operator_latency_run(api: Any, cluster: Any, namespace: str, manifests: list[dict[str, Any]], workers: int,
-                         timeout: float) -> dict[str, Any]:
+def operator_latency_run(api: Any, cluster: Any, private: PrivateCluster, namespace: str,
+                         manifests: list[dict[str, Any]], workers: int, timeout: float) -> dict[str, Any]:
     op = start_operator(cluster, namespace, workers, resync_seconds=300)
     watcher = Watcher(api, namespace).start()
     time.sleep(1)
     created: dict[str, float] = {}
+    since = datetime.datetime.now(datetime.UTC)
     try:
         t0 = time.monotonic()
         submit = create_experiments(api, namespace, manifests, workers, created)
@@ -275,11 +276,14 @@ def operator_latency_run(api: Any, cluster: Any, namespace: str, manifests: list
                             description="every experiment Running")
         status_running = time.monotonic() - t0
         metrics = op.metrics()
+        time.sleep(2)  # the audit log is written asynchronously
+        requests = audit_requests(private.audit_log, since, datetime.datetime.now(datetime.UTC))
     finally:
         watcher.stop.set()
         op.stop()
     return {"latencies": [watcher.job_seen[n] - t for n, t in created.items()], "all_running": last_running - t0,
-            "submit": submit, "status_running": status_running, "metrics": metrics, "log": str(op.log_path)}
+            "submit": submit, "status_running": status_running, "metrics": metrics, "log": str(op.log_path),
+            "requests": collections.Counter(describe(ev) for ev in requests)}
 
 
 RESYNC_DONE = re.compile(r"resync pass: (\d+) experiments in ([0-9.]+) s")
@@ -385,7 +389,8 @@ def main() -> int:
             results["floor"] = floor_run(api, floor_ns, batch, args.workers, args.timeout)
             clusterlib.delete_namespace(api, floor_ns, wait_pods=True, timeout=args.timeout)
             op_ns = clusterlib.create_namespace(api, "bench-latency")
-            results["operator"] = operator_latency_run(api, cluster, op_ns, batch, args.workers, args.timeout)
+            results["operator"] = operator_latency_run(api, cluster, private, op_ns, batch, args.workers,
+                                                       args.timeout)
             clusterlib.delete_namespace(api, op_ns, wait_pods=True, timeout=args.timeout)
             print("latency runs done", file=sys.stderr)
         if args.experiments:
@@ -420,8 +425,12 @@ def main() -> int:
         print(f"experiments' status all Running after {oper['status_running']:.2f}s")
         for name in ("datamix_operator_runs_created_total", "datamix_operator_reconcile_errors_total",
                      "datamix_operator_reconcile_duration_seconds_count",
-                     "datamix_operator_reconcile_duration_seconds_sum"):
+                     "datamix_operator_reconcile_duration_seconds_sum", "process_cpu_seconds_total"):
             print(f"  {_metric(oper['metrics'], name)}")
+        n = args.latency_experiments
+        print("the operator's API requests until every status was Running (audit log), per experiment:")
+        for what, count in sorted(oper["requests"].items(), key=lambda kv: -kv[1]):
+            print(f"  {count / n:>6.2f}  {what}")
     if "scale" in results:
         s = results["scale"]
         print(f"\n{args.experiments} experiments: all pods Running after {s['all_running']:.1f}s, every "

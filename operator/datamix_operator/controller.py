@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from datamix_operator.kube import KubeApi, KubeError, NotLeader
+from datamix_operator.kube import KubeApi, KubeError, NotFound, NotLeader
 from datamix_operator.reconcile import Conflict, Request, Snapshot
 from datamix_operator.workqueue import ExponentialBackoff, WorkQueue
 
@@ -90,7 +92,7 @@ class Controller:
                 asked.body = request.body
             if request.snapshot is not None:
                 asked.snapshot = request.snapshot
-        self.queue.add(key)
+        self.queue.add(key, urgent=request.body is not None)  # a new experiment: its job first
 
     def forget(self, namespace: str, name: str) -> None:
         """The object is gone: its next failure (if it comes back) starts from the base delay."""
@@ -152,10 +154,28 @@ class Controller:
 
 
 class EventPoster:
-    """Posts Events from a background thread, so that reconciliations do not wait for them."""
+    """Posts Events from a background thread, so that reconciliations do not wait for them.
 
-    def __init__(self, kube: KubeApi, max_queue: int = 10000) -> None:
+    Like client-go's EventCorrelator, the same event (object, type, reason, message) posted again
+    within `window` seconds of its last posting is counted on the Event already there (a PATCH of
+    `count` and `lastTimestamp`) instead of creating another: an experiment that keeps hitting the
+    same problem gets one Event with a count, not one per reconciliation. The last `max_keys`
+    events are remembered (least recently posted forgotten first)."""
+
+    def __init__(
+        self,
+        kube: KubeApi,
+        max_queue: int = 10000,
+        *,
+        window: float = 600.0,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.kube = kube
+        self.window = window
+        self.max_keys = max_keys
+        self.clock = clock
+        self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()  # only the poster thread
         self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(max_queue)
         self.thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
         self.thread.start()
@@ -166,10 +186,50 @@ class EventPoster:
         except queue.Full:
             log.warning("event queue full: dropped event %s", body.get("reason"))
 
+    def flush(self) -> None:
+        """Wait until every event queued so far is posted (tests)."""
+        self.queue.join()
+
     def _run(self) -> None:
         while True:
             namespace, body = self.queue.get()
             try:
-                self.kube.create_event(namespace, body)
+                self._post(namespace, body)
             except KubeError as err:
                 log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
+            finally:
+                self.queue.task_done()
+
+    def _post(self, namespace: str, body: dict[str, Any]) -> None:
+        obj = body.get("involvedObject") or {}
+        key = (namespace, obj.get("uid", ""), obj.get("name", ""), body.get("type", ""), body.get("reason", ""),
+               body.get("message", ""))
+        now = self.clock()
+        seen = self._posted.get(key)
+        if seen is not None and now - seen.at <= self.window:
+            patch = {"count": seen.count + 1, "lastTimestamp": body.get("lastTimestamp")}
+            try:
+                self.kube.patch_event(namespace, seen.name, patch)
+                seen.count, seen.at = seen.count + 1, now
+                self._posted.move_to_end(key)
+                return
+            except NotFound:
+                pass  # expired (the API server keeps Events for an hour): post it anew
+            except KubeError as err:  # e.g. no RBAC for patch: one Event per posting, as before
+                log.debug("could not count event %s on %s: %s", body.get("reason"), seen.name, err)
+        created = self.kube.create_event(namespace, body)
+        name = (created.get("metadata") or {}).get("name")
+        if name:
+            self._posted[key] = _Posted(name, int(body.get("count") or 1), now)
+            self._posted.move_to_end(key)
+            while len(self._posted) > self.max_keys:
+                self._posted.popitem(last=False)
+
+
+@dataclass
+class _Posted:
+    """An Event this process posted: its name, its count so far, when it was last posted."""
+
+    name: str
+    count: int
+    at: float

@@ -83,7 +83,8 @@ class KubeApi(Protocol):
     def list_configmaps(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def delete_configmap(self, namespace: str, name: str) -> None: ...
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None: ...
+    def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def load_client_configuration() -> Any:
@@ -260,8 +261,13 @@ class ClientKube:
         doc = self._request("GET", self._core(namespace, "pods"), query={"labelSelector": selector})
         return list(doc.get("items") or [])
 
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self._request("POST", self._core(namespace, "events"), body=body)
+    def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", self._core(namespace, "events"), body=body)  # type: ignore[no-any-return]
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._request(  # type: ignore[no-any-return]
+            "PATCH", self._core(namespace, "events", name), body=patch, content_type=MERGE_PATCH
+        )
 
     # -- Leases (leader.py; its own ClientKube, without a fence)
 

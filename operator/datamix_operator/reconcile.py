@@ -264,7 +264,7 @@ class Reconciler:
             return None
         self._touch((namespace, experiment))
         key = (namespace, meta.get("name", ""))
-        seen = json.dumps([job.get("status"), meta.get("deletionTimestamp"), deleted], sort_keys=True)
+        seen = _job_fingerprint(job)
         if not deleted and self._job_seen.get(key) == seen:
             return None  # e.g. our own annotation patch: nothing the status depends on changed
         if deleted:
@@ -577,6 +577,8 @@ class Reconciler:
         job_name = job["metadata"]["name"]
         try:
             live = self.kube.create_job(namespace, job)
+            # its ADDED event tells nothing new: no reconciliation for it
+            self._job_seen[(namespace, job_name)] = _job_fingerprint(live)
             self.metrics.runs_created.inc()
             log.info("created PyTorchJob %s/%s", namespace, job_name)
         except AlreadyExists:
@@ -769,6 +771,13 @@ class Reconciler:
             self.kube.create_event(namespace, body)
         except KubeError as err:  # events are auxiliary; conditions carry the same information
             log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
+
+
+def _job_fingerprint(job: Mapping[str, Any]) -> str:
+    """What of a job the experiment's status depends on (a change of anything else, e.g. our own
+    annotation, asks for no reconciliation)."""
+    return json.dumps([job.get("status") or None, (job.get("metadata") or {}).get("deletionTimestamp")],
+                      sort_keys=True)
 
 
 def _newest_first(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

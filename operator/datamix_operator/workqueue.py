@@ -3,6 +3,8 @@
 - A key is in the queue at most once: adding a key that waits already does nothing (coalescing).
 - A key being processed (between `get` and `done`) is never handed to a second worker; adding it
   meanwhile marks it dirty, and `done` puts it back, so it is processed once more afterwards.
+- `add(key, urgent=True)` queues a key ahead of the others (a new object's first reconciliation,
+  so that a burst of new objects is not queued behind the follow-ups of the earlier ones).
 - `add_after` delays a key (the earliest of several delays wins); `add_rate_limited` delays it by
   the key's exponential backoff, which `forget` resets after a success.
 - No thread of its own: the workers blocked in `get` also release the delayed keys when they are
@@ -66,7 +68,8 @@ class WorkQueue(Generic[K]):
         self.backoff: ExponentialBackoff[K] = backoff if backoff is not None else ExponentialBackoff()
         self.clock = clock
         self._cond = threading.Condition()
-        self._queue: deque[K] = deque()  # ready, in order; each key at most once
+        self._queue: deque[K] = deque()  # ready, in order; each key at most once in both
+        self._urgent: deque[K] = deque()  # ready, before those of _queue
         self._dirty: set[K] = set()  # to be processed (queued, or waiting for its worker's `done`)
         self._processing: set[K] = set()
         self._due: dict[K, float] = {}  # delayed key -> when it is due (the earliest asked for)
@@ -76,9 +79,9 @@ class WorkQueue(Generic[K]):
 
     # -- adding
 
-    def add(self, key: K) -> None:
+    def add(self, key: K, urgent: bool = False) -> None:
         with self._cond:
-            self._add(key)
+            self._add(key, urgent)
 
     def add_after(self, key: K, delay: float) -> None:
         with self._cond:
@@ -116,8 +119,8 @@ class WorkQueue(Generic[K]):
                 if self._shutting_down:
                     return None
                 self._release_due()
-                if self._queue:
-                    key = self._queue.popleft()
+                if self._urgent or self._queue:
+                    key = self._urgent.popleft() if self._urgent else self._queue.popleft()
                     self._processing.add(key)
                     self._dirty.discard(key)
                     return key
@@ -147,12 +150,12 @@ class WorkQueue(Generic[K]):
     def __len__(self) -> int:
         """Keys ready to be processed."""
         with self._cond:
-            return len(self._queue)
+            return len(self._urgent) + len(self._queue)
 
     def busy(self) -> bool:
         """Keys ready or being processed (delayed ones aside)."""
         with self._cond:
-            return bool(self._queue or self._processing)
+            return bool(self._urgent or self._queue or self._processing)
 
     def delayed(self) -> dict[K, float]:
         """Delayed keys and the seconds until each is due."""
@@ -162,13 +165,13 @@ class WorkQueue(Generic[K]):
 
     # -- inside the lock
 
-    def _add(self, key: K) -> None:
+    def _add(self, key: K, urgent: bool = False) -> None:
         if key in self._dirty:
             return
         self._dirty.add(key)
         if key in self._processing:
             return  # `done` queues it again
-        self._queue.append(key)
+        (self._urgent if urgent else self._queue).append(key)
         self._cond.notify()
 
     def _release_due(self) -> None:

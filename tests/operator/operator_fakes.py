@@ -219,8 +219,20 @@ class FakeKube:
         self.calls.append(("list_pods", selector))
         return self._list("pod", namespace, selector)
 
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self.events.append(body)
+    def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        event = copy.deepcopy(body)
+        event["metadata"] = {**event.get("metadata", {}), "name": f"{event['metadata'].get('generateName', 'e.')}"
+                             f"{next(self._rv)}", "namespace": namespace}
+        self.events.append(event)
+        return copy.deepcopy(event)
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch_event", name))
+        for i, event in enumerate(self.events):
+            if event["metadata"]["name"] == name:
+                self.events[i] = _merge(event, patch)
+                return copy.deepcopy(self.events[i])
+        raise NotFound(404, f"events {name} not found")
 
 
 class BrokenKube(FakeKube):

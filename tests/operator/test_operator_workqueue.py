@@ -30,6 +30,26 @@ def test_adding_a_waiting_key_again_coalesces() -> None:
     assert [q.get(0), q.get(0), q.get(0)] == ["a", "b", None]
 
 
+def test_an_urgent_key_goes_ahead_of_the_waiting_ones() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("follow-up-1")
+    q.add("follow-up-2")
+    q.add("new-1", urgent=True)
+    q.add("new-2", urgent=True)
+    q.add("follow-up-1", urgent=True)  # waiting already: coalesced where it is
+    assert [q.get(0) for _ in range(5)] == ["new-1", "new-2", "follow-up-1", "follow-up-2", None]
+
+
+def test_a_new_experiments_first_reconciliation_goes_first() -> None:
+    kube = FakeKube()
+    ctl = Controller(Reconciler(kube, metrics=Metrics(CollectorRegistry())), workers=0)
+    for name in ("old-1", "old-2"):
+        ctl.enqueue("ns", name)
+    body = kube.apply(manifest("new"))
+    ctl.submit(ctl.reconciler.on_experiment("ns", "new", body["metadata"]["resourceVersion"], body=body))  # type: ignore[attr-defined]
+    assert ctl.queue.get(0) == ("ns", "new")
+
+
 def test_a_key_in_processing_is_not_handed_out_twice_and_a_readd_runs_after_done() -> None:
     q: WorkQueue[str] = WorkQueue()
     q.add("a")

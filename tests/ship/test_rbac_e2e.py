@@ -143,7 +143,7 @@ NOT_ALLOWED_ANYWHERE = [
     ("create", "datamixturesweeps.datamix.io"), ("delete", "datamixturesweeps.datamix.io"),
     ("patch", "datamixturesweeps.datamix.io"), ("update", "datamixturesweeps.datamix.io/status"),
     ("update", "configmaps"), ("patch", "configmaps"),
-    ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"), ("patch", "events"),
+    ("update", "pytorchjobs.kubeflow.org"), ("create", "deployments.apps"),
     ("delete", "leases.coordination.k8s.io"),
 ]
 ALLOWED_IN_WATCHED = [
@@ -157,7 +157,7 @@ ALLOWED_IN_WATCHED = [
     ("get", "pytorchjobs.kubeflow.org"), ("list", "pytorchjobs.kubeflow.org"),
     ("watch", "pytorchjobs.kubeflow.org"), ("create", "pytorchjobs.kubeflow.org"),
     ("patch", "pytorchjobs.kubeflow.org"), ("delete", "pytorchjobs.kubeflow.org"),
-    ("list", "pods"), ("watch", "pods"), ("create", "events"),
+    ("list", "pods"), ("watch", "pods"), ("create", "events"), ("patch", "events"),
 ]
 ALLOWED_CLUSTER_READS = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),

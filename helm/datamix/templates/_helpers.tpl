@@ -95,9 +95,10 @@ operator's scenario under them and checks with `kubectl auth can-i` that nothing
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# Events on the experiments; patch: the same event again is counted on the existing one.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf needs: it discovers the served resources and notices CRDs
