@@ -60,7 +60,7 @@ NAMESPACED_RESOURCES = {
     ("", "configmaps"): {"get", "list", "watch", "create", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "patch"},
 }
 LEASE_RESOURCES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}  # the release namespace only
 CLUSTER_RESOURCES = {
