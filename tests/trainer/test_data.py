@@ -176,3 +176,30 @@ def test_run_result_reports_each_datasets_epoch_tokens(demo_dir: Path, tmp_path:
     on_disk = [Path(d.path + ".bin").stat().st_size // 2 for d in spec.datasets]
     assert list(result.epoch_tokens) == on_disk
     assert RunResult.decode(termination.read_text()).epoch_tokens == result.epoch_tokens
+
+
+def test_validation_samples_do_not_depend_on_the_training_seed(demo_dir: Path, tmp_path: Path) -> None:
+    """Two seeds of a mixture are scored on the same validation samples; they train on different orders."""
+    import dataclasses
+
+    import torch.distributed as dist
+    from datamix_trainer.config import Plan, RunPaths
+    from datamix_trainer.data import build_run_data
+
+    def built(seed: int) -> tuple[list[list[int]], list[int]]:
+        spec = quickstart_spec(demo_dir, tmp_path / f"seed-{seed}", training={"trainSteps": 4, "evalSamples": 8})
+        spec = dataclasses.replace(spec, training=dataclasses.replace(spec.training, seed=seed))
+        data = build_run_data(spec, Plan.make(spec, 1), RunPaths(Path(spec.output_dir)))
+        valid = data.validation[0]
+        assert valid is not None
+        return [list(valid[i]["tokens"][:16]) for i in range(8)], list(data.train[0]["tokens"][:16])
+
+    # megatron-core's builder synchronises the ranks: a one-process group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        valid_1, train_1 = built(1)
+        valid_2, train_2 = built(2)
+    finally:
+        dist.destroy_process_group()
+    assert valid_1 == valid_2, "the validation samples changed with the training seed"
+    assert train_1 != train_2, "the training order should follow the seed"

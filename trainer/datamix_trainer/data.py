@@ -5,7 +5,8 @@
   target share, so the counts of samples per dataset track `weight x n` at every prefix.
 - Validation: each dataset's `validation_path` is its own `GPTDataset` (megatron's "multiple
   validation sets"), so every evaluation reports one loss per dataset. A dataset without a
-  validation path is skipped and reported as null.
+  validation path is skipped and reported as null. Its samples are shuffled with a fixed seed, not
+  the training seed: runs of any seed and mixture are scored on the same samples of a domain.
 - Order: shuffling happens inside each dataset, so the blend is read in order; the only state is
   the number of consumed samples (Megatron-LM's pretraining sampler), which checkpoints restore.
 """
@@ -60,10 +61,16 @@ class RunData:
         return [int(np.sum(d.dataset.sequence_lengths[d.indices], dtype=np.int64)) for d in parts]
 
 
-def gpt_config(spec: RunSpec, paths: RunPaths, **blend: Any) -> GPTDatasetConfig:
+# The seed of the validation samples' order (whose first `eval_samples` are evaluated). Fixed:
+# with the training seed, two seeds of one mixture would be scored on different samples, and the
+# seed-to-seed spread of a comparison would mostly measure that.
+VALIDATION_SEED = 1234
+
+
+def gpt_config(spec: RunSpec, paths: RunPaths, seed: int, **blend: Any) -> GPTDatasetConfig:
     t = spec.training
     return GPTDatasetConfig(
-        random_seed=t.seed,
+        random_seed=seed,
         sequence_length=t.seq_length,
         tokenizer=IdsTokenizer(t.vocab_size, t.eod_token),
         path_to_cache=str(paths.data_cache),
@@ -86,29 +93,27 @@ def build_run_data(spec: RunSpec, plan: Plan, paths: RunPaths) -> RunData:
     weights = [d.share for d in spec.datasets]
     val_positions = [i for i, d in enumerate(spec.datasets) if d.validation_path]
     val_prefixes = [spec.datasets[i].validation_path for i in val_positions]
-    config = gpt_config(
-        spec,
-        paths,
-        blend_per_split=[
-            (prefixes, weights if len(prefixes) > 1 else None),
-            (val_prefixes, None) if val_prefixes else None,
-            None,
-        ],
-        multiple_validation_sets=True,
-    )
-    builder = BlendedMegatronDatasetBuilder(
-        GPTDataset,
-        [plan.total_samples, spec.training.eval_samples, 0],
-        lambda: True,  # every data-parallel rank reads its own shard
-        config,
-    )
-    train, valid, _ = builder.build()
+    train_blend = (prefixes, weights if len(prefixes) > 1 else None)
+    train_config = gpt_config(spec, paths, spec.training.seed, blend_per_split=[train_blend, None, None])
+    train = build(train_config, [plan.total_samples, 0, 0])[0]
+    valid: Any = None
+    if val_prefixes:
+        valid_config = gpt_config(
+            spec, paths, VALIDATION_SEED, blend_per_split=[None, (val_prefixes, None), None],
+            multiple_validation_sets=True,
+        )
+        valid = build(valid_config, [0, spec.training.eval_samples, 0])[1]
     if isinstance(valid, GPTDataset):  # one validation set comes back bare, several as a list
         valid = [valid]
     validation: list[Any | None] = [None] * len(spec.datasets)
     for position, dataset in zip(val_positions, valid or [], strict=True):
         validation[position] = dataset
     return RunData(train=train, validation=validation, dataset_names=[d.name for d in spec.datasets])
+
+
+def build(config: GPTDatasetConfig, sizes: list[int]) -> list[Any]:
+    # every data-parallel rank reads its own shard: each builds (or loads) the datasets
+    return list(BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build())
 
 
 class InOrderShardedSampler:
