@@ -230,6 +230,12 @@ class Reconciler:
         # counter with `mark`: a resync snapshot older than that is not used.
         self._seq = itertools.count(1)
         self._touched: dict[tuple[str, str], int] = {}
+        # The newest body the watch delivered of each experiment and job (jobs trimmed to what the
+        # reconciliation reads): used instead of a GET once the watch has delivered the echo of
+        # this process's own last write of the object (until then a GET is needed).
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._echo_due: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> rv our last write produced
         # ... and of each job.
         self._job_seen: dict[tuple[str, str], str] = {}
         self._masters: dict[str, dict[str, Any] | None] = {}  # finished job uid -> its master pod (None: none)
@@ -250,6 +256,9 @@ class Reconciler:
         if deleted:
             self.forget(namespace, name)
             return None
+        if body is not None:
+            self._bodies[key] = copy.deepcopy(dict(body))
+            self._seen_echo("dmx", namespace, name, resource_version)
         if resource_version and self._written.get(key) == resource_version:
             return None  # the echo of our own status write
         # A new experiment (no status, never written by us): the event's body is as fresh as a
@@ -264,6 +273,11 @@ class Reconciler:
             return None
         self._touch((namespace, experiment))
         key = (namespace, meta.get("name", ""))
+        if deleted:
+            self._jobs.pop(key, None)
+        else:
+            self._jobs[key] = _trimmed_job(job)
+            self._seen_echo("job", *key, meta.get("resourceVersion"))
         seen = _job_fingerprint(job)
         if not deleted and self._job_seen.get(key) == seen:
             return None  # e.g. our own annotation patch: nothing the status depends on changed
@@ -303,6 +317,24 @@ class Reconciler:
                 del self._masters[ref["uid"]]  # read it, no longer "no master pod"
         return Request(namespace, experiment)
 
+    def _seen_echo(self, kind: str, namespace: str, name: str, resource_version: str | None) -> None:
+        due = self._echo_due.get((kind, namespace, name))
+        if due is not None and due == resource_version:
+            del self._echo_due[(kind, namespace, name)]  # the watch has caught up with our write
+
+    def _wrote(self, kind: str, namespace: str, obj: Mapping[str, Any]) -> None:
+        """This process wrote `obj` (the API server's answer): its watch cache is behind until the
+        echo of the write arrives."""
+        meta = obj.get("metadata") or {}
+        self._echo_due[(kind, namespace, meta.get("name", ""))] = str(meta.get("resourceVersion", ""))
+
+    def _watched(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the watch delivered it, if that is at least as new as our last write."""
+        if (kind, namespace, name) in self._echo_due:
+            return None
+        cache = self._bodies if kind == "dmx" else self._jobs
+        return cache.get((namespace, name))
+
     def mark(self) -> int:
         """Now, on the counter of `_touch`: taken before the resync's LISTs (see Snapshot)."""
         return next(self._seq)
@@ -336,9 +368,13 @@ class Reconciler:
 
     def reset(self) -> None:
         """Forget what this process learnt about the children: after a gap in leadership another
-        process may have acted, so the next reconciliation of each experiment lists its jobs."""
+        process may have acted, so the next reconciliation of each experiment lists its jobs (and
+        a standby's handlers kept no watch cache)."""
         self._listed.clear()
         self._job_seen.clear()
+        self._bodies.clear()
+        self._jobs.clear()
+        self._echo_due.clear()
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -348,6 +384,8 @@ class Reconciler:
         self._configmap_gone.pop(key, None)
         self._recorded_runs.pop(key, None)
         self._touched.pop(key, None)
+        self._bodies.pop(key, None)
+        self._echo_due.pop(("dmx", namespace, name), None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
         self.metrics.observe_phase(namespace, name, None)
@@ -374,6 +412,7 @@ class Reconciler:
                 snapshot = None  # something happened since the resync's LISTs: read afresh
             exp = new if new is not None and (namespace, name) not in self._written else None
             exp = snapshot.body if snapshot is not None else exp
+            exp = exp if exp is not None else copy.deepcopy(self._watched("dmx", namespace, name))
             exp = exp if exp is not None else self.kube.get_experiment(namespace, name)
             if exp is None:
                 self.forget(namespace, name)
@@ -437,7 +476,8 @@ class Reconciler:
                 p.jobs = {}  # a new experiment: create right away (409 AlreadyExists -> adopt)
             else:
                 assert p.run is not None
-                current = self.kube.get_job(p.namespace, p.run.job)
+                current = self._watched("job", p.namespace, p.run.job)
+                current = current if current is not None else self.kube.get_job(p.namespace, p.run.job)
                 p.jobs = {p.run.job: current} if current is not None and owned_by(current, p.uid) else {}
         except ResourceMissing as err:
             p.jobs = None
@@ -533,6 +573,7 @@ class Reconciler:
             patch = {"status": merge_patch(old_status, new_status)}
             written = self.kube.patch_experiment_status(p.namespace, p.name, patch)
             self._written[(p.namespace, p.name)] = (written.get("metadata") or {}).get("resourceVersion", "")
+            self._wrote("dmx", p.namespace, written)
             crash_point("status-written")
             self._count_and_announce(p.exp, old_status, new_status)
         self.metrics.observe_phase(p.namespace, p.name, new_status["phase"])
@@ -577,6 +618,7 @@ class Reconciler:
         job_name = job["metadata"]["name"]
         try:
             live = self.kube.create_job(namespace, job)
+            self._wrote("job", namespace, live)
             # its ADDED event tells nothing new: no reconciliation for it
             self._job_seen[(namespace, job_name)] = _job_fingerprint(live)
             self.metrics.runs_created.inc()
@@ -639,7 +681,9 @@ class Reconciler:
         if not patch:
             return job
         log.info("PyTorchJob %s/%s: suspend=%s", namespace, job["metadata"]["name"], want)
-        return self.kube.patch_job(namespace, job["metadata"]["name"], patch)
+        patched = self.kube.patch_job(namespace, job["metadata"]["name"], patch)
+        self._wrote("job", namespace, patched)
+        return patched
 
     def _observe(self, namespace: str, job: dict[str, Any], exp: Mapping[str, Any] | None = None) -> RunState:
         terminal = bool(job_condition(job, JobCondition.SUCCEEDED) or job_condition(job, JobCondition.FAILED))
@@ -771,6 +815,20 @@ class Reconciler:
             self.kube.create_event(namespace, body)
         except KubeError as err:  # events are auxiliary; conditions carry the same information
             log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
+
+
+def _trimmed_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconciliation reads of a job (not its pod templates, the bulk of it)."""
+    meta = job.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences",
+            "creationTimestamp", "deletionTimestamp")
+    out: dict[str, Any] = {"metadata": copy.deepcopy({k: meta[k] for k in keep if k in meta})}
+    run_policy = (job.get("spec") or {}).get("runPolicy")
+    if run_policy is not None:
+        out["spec"] = {"runPolicy": copy.deepcopy(run_policy)}
+    if job.get("status") is not None:
+        out["status"] = copy.deepcopy(job["status"])
+    return out
 
 
 def _job_fingerprint(job: Mapping[str, Any]) -> str:
