@@ -122,6 +122,55 @@ def audit_requests(path: Path, since: datetime.datetime, until: datetime.datetim
     return out
 
 
+def all_requests(path: Path, since: datetime.datetime) -> list[dict[str, Any]]:
+    """Every completed request received since `since` (UTC), whoever made it."""
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            if '"ResponseComplete"' not in line:
+                continue
+            ev = json.loads(line)
+            if _when(ev["requestReceivedTimestamp"]) >= since:
+                out.append(ev)
+    return out
+
+
+def _when(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+BURST_STEPS = (
+    ("experiment created -> operator's ConfigMap create received", "exp_done", "cm_received"),
+    ("ConfigMap create (API server)", "cm_received", "cm_done"),
+    ("ConfigMap created -> job create received", "cm_done", "job_received"),
+    ("job create (API server)", "job_received", "job_done"),
+)
+
+
+def burst_steps(requests: list[dict[str, Any]], namespace: str) -> dict[str, list[float]]:
+    """Where a burst's create-to-job time goes, per experiment, from the audit log's timestamps:
+    the experiment's create completed (its watch event fires), the operator's ConfigMap and
+    job creates received and completed."""
+    marks: dict[str, dict[str, datetime.datetime]] = collections.defaultdict(dict)
+    for ev in requests:
+        ref = ev.get("objectRef") or {}
+        if ev["verb"] != "create" or ref.get("namespace") != namespace or not ref.get("name") or ref.get(
+                "subresource") or (ev.get("responseStatus") or {}).get("code", 0) >= 300:
+            continue
+        kind = {PLURAL: "exp", "configmaps": "cm", "pytorchjobs": "job"}.get(ref.get("resource", ""))
+        if kind is None:
+            continue
+        name = ref["name"] if kind == "exp" else ref["name"].rsplit("-", 1)[0]
+        marks[name][f"{kind}_received"] = _when(ev["requestReceivedTimestamp"])
+        marks[name][f"{kind}_done"] = _when(ev["stageTimestamp"])
+    out: dict[str, list[float]] = {label: [] for label, _, _ in BURST_STEPS}
+    for m in marks.values():
+        for label, start, end in BURST_STEPS:
+            if start in m and end in m:
+                out[label].append((m[end] - m[start]).total_seconds())
+    return out
+
+
 def describe(ev: dict[str, Any]) -> str:
     ref = ev.get("objectRef") or {}
     resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
@@ -278,12 +327,13 @@ def operator_latency_run(api: Any, cluster: Any, private: PrivateCluster, namesp
         metrics = op.metrics()
         time.sleep(2)  # the audit log is written asynchronously
         requests = audit_requests(private.audit_log, since, datetime.datetime.now(datetime.UTC))
+        steps = burst_steps(all_requests(private.audit_log, since), namespace)
     finally:
         watcher.stop.set()
         op.stop()
     return {"latencies": [watcher.job_seen[n] - t for n, t in created.items()], "all_running": last_running - t0,
             "submit": submit, "status_running": status_running, "metrics": metrics, "log": str(op.log_path),
-            "requests": collections.Counter(describe(ev) for ev in requests)}
+            "requests": collections.Counter(describe(ev) for ev in requests), "steps": steps}
 
 
 RESYNC_DONE = re.compile(r"resync pass: (\d+) experiments in ([0-9.]+) s")
@@ -431,6 +481,9 @@ def main() -> int:
         print("the operator's API requests until every status was Running (audit log), per experiment:")
         for what, count in sorted(oper["requests"].items(), key=lambda kv: -kv[1]):
             print(f"  {count / n:>6.2f}  {what}")
+        print("where create -> job goes (audit log timestamps)     p50 s    p99 s")
+        for label, values in oper["steps"].items():
+            print(f"  {label:<58} {percentile(values, 50):>6.3f} {percentile(values, 99):>8.3f}")
     if "scale" in results:
         s = results["scale"]
         print(f"\n{args.experiments} experiments: all pods Running after {s['all_running']:.1f}s, every "

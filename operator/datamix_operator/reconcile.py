@@ -55,7 +55,7 @@ from datamix_operator.admission import Admission, Refused
 from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
 from datamix_operator.metrics import Metrics
 from datamix_operator.progress import ProgressTracker
-from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_run
+from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_configmap, render_pytorchjob
 from datamix_operator.status import (
     Observation,
     ProgressView,
@@ -125,12 +125,22 @@ class Conflict(Exception):
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """An experiment generation's current run: its plan and the children rendered from it."""
+    """An experiment generation's current run: its plan, and the admission's verdict on the
+    children rendered from it. The children are rendered again when needed (a millisecond), not
+    kept: at 1000 experiments they would be most of the operator's memory."""
 
     version: tuple[str, int]  # (uid, generation): the spec, and so the plan, changes only with these
     plan: RunPlan
-    configmap: dict[str, Any]
-    job: dict[str, Any]
+    trainer_image: str
+    refused: Refused | None = None  # by the cluster's policy or the children's size
+
+    @property
+    def configmap(self) -> dict[str, Any]:
+        return render_configmap(self.plan)
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return render_pytorchjob(self.plan, trainer_image_default=self.trainer_image)
 
 
 @dataclass(frozen=True)
@@ -437,12 +447,11 @@ class Reconciler:
         """1. The current run as the spec defines it."""
         try:
             planned = self._plan(p.namespace, p.exp)
-            # The cluster's policy and the children's size, before anything is created.
-            self.admission.check(p.namespace, p.exp, (planned.configmap, planned.job))
+            if planned.refused is not None:
+                p.stall = Stall(planned.refused.reason, str(planned.refused))
+                return
             p.planned = planned
             p.run = RunInfo.of(planned.plan)
-        except Refused as err:
-            p.stall = Stall(err.reason, str(err))
         except (UserError, RunSpecError) as err:
             p.stall = Stall(Reason.INVALID_SPEC, str(err))
 
@@ -599,14 +608,17 @@ class Reconciler:
     # steps
 
     def _plan(self, namespace: str, exp: dict[str, Any]) -> PlannedRun:
-        """The current run, planned and rendered once per experiment UID and generation."""
+        """The current run, planned and admitted once per experiment UID and generation."""
         meta = exp["metadata"]
         version = (meta["uid"], int(meta.get("generation") or 0))
         planned = self._planned.get((namespace, meta["name"]))
         if planned is None or planned.version != version:
-            plan = plan_run(exp, namespace)
-            configmap, job = render_run(plan, trainer_image_default=self.trainer_image)
-            planned = PlannedRun(version, plan, configmap, job)
+            planned = PlannedRun(version, plan_run(exp, namespace), self.trainer_image)
+            try:
+                # The cluster's policy and the children's size, before anything is created.
+                self.admission.check(namespace, exp, (planned.configmap, planned.job))
+            except Refused as err:
+                planned = PlannedRun(version, planned.plan, self.trainer_image, refused=err)
             self._planned[(namespace, meta["name"])] = planned
         return planned
 
@@ -614,7 +626,7 @@ class Reconciler:
         uid = exp["metadata"]["uid"]
         self._create_configmap(namespace, uid, planned)
         crash_point("configmap-created")
-        job = copy.deepcopy(planned.job)  # the API call may not change the kept rendering
+        job = planned.job
         job_name = job["metadata"]["name"]
         try:
             live = self.kube.create_job(namespace, job)
@@ -636,7 +648,7 @@ class Reconciler:
 
     def _create_configmap(self, namespace: str, uid: str, planned: PlannedRun) -> bool:
         """Create-or-get the run's ConfigMap; True if this call created it."""
-        configmap = copy.deepcopy(planned.configmap)
+        configmap = planned.configmap
         self._configmap_gone.pop((namespace, planned.plan.owner.name), None)
         try:
             self.kube.create_configmap(namespace, configmap)
