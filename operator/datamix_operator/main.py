@@ -17,7 +17,9 @@ away through owner references, so the experiment needs no finalizer; the resync 
 same safety net without one.
 
 Only event handlers are registered, so kopf stores no progress or diff-base annotations on the
-experiments; the storages are still set to the project's `datamix.io/` prefix.
+experiments; the storages are still set to the project's `datamix.io/` prefix. They are coroutines
+that only queue (short locks, no I/O): kopf runs them on its event loop, without a hop through its
+thread pool for every event.
 
 With leader election (leader.py; on by default) every replica watches, but only the holder of the
 Lease reconciles and resyncs: a standby's handlers queue nothing, and the first thing a new leader
@@ -213,7 +215,7 @@ def build_registry(
         return "leader" if acting() else "standby"
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx", registry=registry)
-    def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    async def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None or not acting():
             return
         deleted = type == "DELETED"
@@ -224,13 +226,13 @@ def build_registry(
         )
 
     @kopf.on.event(job_api.group, job_api.version, job_api.plural, id="job", labels=ours, registry=registry)
-    def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is None or not acting():
             return
         controller.submit(reconciler.on_job(namespace, dict(body), deleted=(type == "DELETED")))
 
     @kopf.on.event("", "v1", "configmaps", id="configmap", labels=ours, registry=registry)
-    def configmap_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def configmap_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is not None and acting():
             controller.submit(reconciler.on_configmap(namespace, dict(body), deleted=(type == "DELETED")))
 
@@ -244,7 +246,7 @@ def build_registry(
         "", "v1", "pods", id="pod", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, when=master_finished,
         registry=registry,
     )
-    def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is not None:
             controller.submit(reconciler.on_master_pod(namespace, body))
 
@@ -253,7 +255,7 @@ def build_registry(
         @kopf.on.event(
             "", "v1", "pods", id="master", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, registry=registry
         )
-        def master_event(type: str, body: kopf.Body, **_: Any) -> None:
+        async def master_event(type: str, body: kopf.Body, **_: Any) -> None:
             progress.observe_pod(body, deleted=(type == "DELETED"))
 
     return registry
@@ -261,14 +263,14 @@ def build_registry(
 
 def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController, acting: Callable[[], bool]) -> None:
     @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
-    def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    async def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None or not acting():
             return
         sweeps.on_sweep(namespace, name, deleted=(type == "DELETED"))
 
     # The same watch as experiment_event (kopf watches a resource once): trials and final runs.
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx-sweep", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
-    def sweep_experiment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    async def sweep_experiment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace is not None and acting():
             sweeps.on_experiment(namespace, dict(body.metadata.labels))
 

@@ -363,7 +363,7 @@ class Reconciler:
         try:
             for job in self.kube.list_jobs(namespace, ALL_EXPERIMENTS_SELECTOR):
                 meta = job["metadata"]
-                jobs[meta["namespace"], meta["labels"][LABEL_EXPERIMENT]].append(job)  # type: ignore[index]
+                jobs[meta["namespace"], meta["labels"][LABEL_EXPERIMENT]].append(_trimmed_job(job))  # type: ignore[index]
         except KubeError as err:  # e.g. the CRD is missing: each reconciliation finds out itself
             log.debug("resync: cannot list PyTorchJobs in %s: %s", namespace or "all namespaces", err)
             jobs = None
