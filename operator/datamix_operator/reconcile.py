@@ -183,6 +183,7 @@ class Pass:
     live: dict[str, Any] | None = None  # the followed run's job
     state: RunState | None = None
     stale: list[dict[str, Any]] = field(default_factory=list)  # jobs of earlier runs
+    created: bool = False  # this pass created the run's job
 
     @property
     def uid(self) -> str:
@@ -245,6 +246,7 @@ class Reconciler:
         # this process's own last write of the object (until then a GET is needed).
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._created: dict[tuple[str, str], dict[str, Any]] = {}  # experiment -> the job just created
         self._echo_due: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> rv our last write produced
         # ... and of each job.
         self._job_seen: dict[tuple[str, str], str] = {}
@@ -267,7 +269,9 @@ class Reconciler:
             self.forget(namespace, name)
             return None
         if body is not None:
-            self._bodies[key] = copy.deepcopy(dict(body))
+            # Shared with kopf, which keeps the newest body of every watched object anyway and
+            # replaces it with the next event's, never changes it; used only through a copy.
+            self._bodies[key] = dict(body)
             self._seen_echo("dmx", namespace, name, resource_version)
         if resource_version and self._written.get(key) == resource_version:
             return None  # the echo of our own status write
@@ -395,6 +399,7 @@ class Reconciler:
         self._recorded_runs.pop(key, None)
         self._touched.pop(key, None)
         self._bodies.pop(key, None)
+        self._created.pop(key, None)
         self._echo_due.pop(("dmx", namespace, name), None)
         if self.progress is not None:
             self.progress.untrack(namespace, name)
@@ -434,6 +439,11 @@ class Reconciler:
             self._plan_current_run(p)  # 1
             self._find_jobs(p)  # 2
             self._ensure_children(p)  # 3
+            if p.created and new is not None and p.stall is None and p.live is not None:
+                # A new experiment's job is there: its status follows in a reconciliation queued
+                # behind the other new experiments' (a burst gets its jobs first).
+                self._created[(namespace, name)] = p.live
+                return 0.0
             self._observe_run(p)  # 4
             self._write_status(p)  # 5
             self._retire_earlier_runs(p)  # 6
@@ -482,7 +492,10 @@ class Reconciler:
                 }
                 self._listed.add(key)
             elif not p.old_status:
-                p.jobs = {}  # a new experiment: create right away (409 AlreadyExists -> adopt)
+                # A new experiment: create right away (409 AlreadyExists -> adopt); or the status
+                # follows the job the reconciliation before created (reconcile: step 3).
+                created = self._created.pop(key, None)
+                p.jobs = {created["metadata"]["name"]: created} if created is not None else {}
             else:
                 assert p.run is not None
                 current = self._watched("job", p.namespace, p.run.job)
@@ -521,6 +534,7 @@ class Reconciler:
             )
             try:
                 p.live = self._create_children(p.namespace, p.exp, p.planned)
+                p.created = True
                 if created_before:
                     self._event(p.exp, "Warning", Reason.JOB_RECREATED,
                                 f"PyTorchJob {p.run.job} was deleted while its run was going; created again, it "

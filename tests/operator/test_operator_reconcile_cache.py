@@ -102,3 +102,15 @@ def test_a_new_leader_starts_without_the_cache() -> None:
     rec.controller.enqueue("ns", "mix-a")
     rec.drain()
     assert calls(kube)[0] == "get_experiment"
+
+
+def test_a_burst_of_new_experiments_gets_every_job_before_any_status_write() -> None:
+    kube, rec = make()
+    for name in ("a", "b", "c"):
+        body = kube.apply(manifest(name))
+        rec.controller.submit(rec.reconciler.on_experiment("ns", name, body["metadata"]["resourceVersion"], body=body))
+    rec.drain()
+    order = [c for c in calls(kube) if c in ("create_job", "patch_status")]
+    assert order == ["create_job"] * 3 + ["patch_status"] * 3
+    assert "get_job" not in calls(kube) and "get_experiment" not in calls(kube), "the follow-up reads nothing"
+    assert [e["reason"] for e in kube.events] == ["JobCreated"] * 3
