@@ -276,9 +276,9 @@ class Reconciler:
         if resource_version and self._written.get(key) == resource_version:
             return None  # the echo of our own status write
         # A new experiment (no status, never written by us): the event's body is as fresh as a
-        # GET would be, and saves a round trip on the way to its job.
+        # GET would be, and saves a round trip on the way to its job (kopf's; copied when used).
         fresh = body is not None and not body.get("status") and key not in self._written
-        return Request(namespace, name, body=copy.deepcopy(dict(body)) if fresh and body is not None else None)
+        return Request(namespace, name, body=dict(body) if fresh and body is not None else None)
 
     def on_job(self, namespace: str, job: Mapping[str, Any], deleted: bool = False) -> Request | None:
         meta = job.get("metadata") or {}
@@ -425,7 +425,7 @@ class Reconciler:
         try:
             if snapshot is not None and self._touched.get((namespace, name), 0) > snapshot.mark:
                 snapshot = None  # something happened since the resync's LISTs: read afresh
-            exp = new if new is not None and (namespace, name) not in self._written else None
+            exp = copy.deepcopy(new) if new is not None and (namespace, name) not in self._written else None
             exp = snapshot.body if snapshot is not None else exp
             exp = exp if exp is not None else copy.deepcopy(self._watched("dmx", namespace, name))
             exp = exp if exp is not None else self.kube.get_experiment(namespace, name)
@@ -442,7 +442,7 @@ class Reconciler:
             if p.created and new is not None and p.stall is None and p.live is not None:
                 # A new experiment's job is there: its status follows in a reconciliation queued
                 # behind the other new experiments' (a burst gets its jobs first).
-                self._created[(namespace, name)] = p.live
+                self._created[(namespace, name)] = _trimmed_job(p.live)
                 return 0.0
             self._observe_run(p)  # 4
             self._write_status(p)  # 5
