@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import logging
 import os
 import socket
@@ -338,23 +337,8 @@ async def resync_pass(
     return count
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """As MALLOC_ARENA_MAX=2 (unless that is set): glibc gives each allocating thread its own
-    malloc arena, up to 8 per core, and with the workers', kopf's and the HTTP pools' threads the
-    RSS grows by fragmentation across them. The threads mostly wait on the network; two arenas
-    are enough. Only arenas created afterwards are limited: call it before starting threads."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
-
-
 def run(config: OperatorConfig) -> None:
     """Run the operator in this process until SIGINT/SIGTERM."""
-    limit_malloc_arenas()
     kopf.configure(
         verbose=config.verbose,
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
