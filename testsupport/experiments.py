@@ -125,6 +125,12 @@ def posted_events(api: Any, namespace: str, name: str, reason: str, timeout: flo
                     description=f"a {reason} event about {name}")
 
 
+def times_posted(events: Sequence[Any]) -> int:
+    """How often these events happened: the operator counts a repeat within minutes on the
+    existing Event (`count`), as client-go's recorder does."""
+    return sum(e.count or 1 for e in events)
+
+
 def kubectl_apply(cluster: clusterlib.Cluster, namespace: str, manifest: Mapping[str, Any],
                   check: bool = True) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(dict(manifest)), check=check)
