@@ -235,7 +235,7 @@ class Reconciler:
         self._written: dict[tuple[str, str], str] = {}  # resourceVersion our last status patch produced
         self._listed: set[tuple[str, str]] = set()  # experiments whose jobs this process listed
         self._planned: dict[tuple[str, str], PlannedRun] = {}
-        self._configmap_gone: dict[tuple[str, str], str] = {}  # a running run's ConfigMap deleted by hand
+        self._configmap_gone: set[tuple[str, str]] = set()  # experiments whose running run's ConfigMap was deleted
         self._recorded_runs: dict[tuple[str, str], RunInfo] = {}  # the run a status records, read back
         # When anything about an experiment was last seen (an event, a reconciliation), on one
         # counter with `mark`: a resync snapshot older than that is not used.
@@ -315,7 +315,7 @@ class Reconciler:
         planned = self._planned.get((namespace, experiment))
         if planned is not None and planned.plan.name != meta.get("name"):
             return None  # an earlier run's, retired by us
-        self._configmap_gone[(namespace, experiment)] = str(meta.get("name", ""))
+        self._configmap_gone.add((namespace, experiment))
         self._touch((namespace, experiment))
         return Request(namespace, experiment)
 
@@ -395,7 +395,7 @@ class Reconciler:
         self._written.pop(key, None)
         self._listed.discard(key)
         self._planned.pop(key, None)
-        self._configmap_gone.pop(key, None)
+        self._configmap_gone.discard(key)
         self._recorded_runs.pop(key, None)
         self._touched.pop(key, None)
         self._bodies.pop(key, None)
@@ -505,14 +505,15 @@ class Reconciler:
             p.jobs = None
             p.stall = p.stall or crd_missing(err)
             p.retry = self.crd_retry_seconds
-        foreign = sorted((n, run_id_scheme(j)) for n, j in (p.jobs or {}).items() if run_id_scheme(j) != RUN_ID_SCHEME)
+        foreign = {n: scheme for n, j in (p.jobs or {}).items() if (scheme := run_id_scheme(j)) != RUN_ID_SCHEME}
         if foreign:
+            named = min(foreign)
             # Another version's operator made them: its ids are not comparable with ours, so
             # neither retire them nor start a second run beside them (its deletion wakes us).
             p.jobs = None
             p.stall = p.stall or Stall(
                 Reason.UNKNOWN_RUN_ID_SCHEME,
-                f"PyTorchJob {foreign[0][0]} was made with run-id scheme {foreign[0][1]!r}, which this operator "
+                f"PyTorchJob {named} was made with run-id scheme {foreign[named]!r}, which this operator "
                 f"(scheme {RUN_ID_SCHEME!r}) does not know; it is left alone. Run the operator version that made "
                 "it, or delete the job to start this operator's run",
             )
@@ -663,7 +664,7 @@ class Reconciler:
     def _create_configmap(self, namespace: str, uid: str, planned: PlannedRun) -> bool:
         """Create-or-get the run's ConfigMap; True if this call created it."""
         configmap = planned.configmap
-        self._configmap_gone.pop((namespace, planned.plan.owner.name), None)
+        self._configmap_gone.discard((namespace, planned.plan.owner.name))
         try:
             self.kube.create_configmap(namespace, configmap)
             return True

@@ -62,8 +62,9 @@ class RunData:
 
 
 # The seed of the validation samples' order (whose first `eval_samples` are evaluated). Fixed:
-# with the training seed, two seeds of one mixture would be scored on different samples, and the
-# seed-to-seed spread of a comparison would mostly measure that.
+# with the training seed, two seeds of one mixture would be scored on different samples and a
+# comparison would partly measure that. It is the default training seed, so runs with the default
+# keep the samples they had.
 VALIDATION_SEED = 1234
 
 
