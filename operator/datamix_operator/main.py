@@ -17,7 +17,8 @@ away through owner references, so the experiment needs no finalizer; the resync 
 same safety net without one.
 
 Only event handlers are registered, so kopf stores no progress or diff-base annotations on the
-experiments; the storages are still set to the project's `datamix.io/` prefix. They are coroutines
+experiments (the progress storage is still set to the project's `datamix.io/` prefix) and needs
+no diff base at all (`NoDiffBase`). They are coroutines
 that only queue (short locks, no I/O): kopf runs them on its event loop, without a hop through its
 thread pool for every event.
 
@@ -67,12 +68,27 @@ from datamix_operator.sweep.reconcile import SweepReconciler
 log = logging.getLogger("datamix_operator")
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's change detection, for on.create/update/resume handlers: this operator registers none
+    (tests/operator/test_operator_main.py holds it to that), yet kopf deep-copies every watched
+    object on every event to diff it against the last handled state, which nobody reads: a quarter
+    of the operator's CPU in a burst of new experiments (py-spy, benchmarks/operator/bench_scale.py).
+    Nothing is built, fetched or stored."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        raise AssertionError("no change-detecting kopf handler is registered")
+
+
 def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.WARNING
