@@ -142,6 +142,7 @@ class ClientKube:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        object_hook: Callable[[dict[str, Any]], Any] | None = None,
     ) -> Any:
         timeout = timeout or self.timeout
         if method != "GET" and self.fence is not None:
@@ -166,7 +167,7 @@ class ClientKube:
             raise KubeError(0, f"API server unreachable: {err}") from err
         if resp.status >= 400:
             raise _error(resp.status, resp.data)
-        return json.loads(resp.data) if resp.data else {}
+        return json.loads(resp.data, object_hook=object_hook) if resp.data else {}
 
     def _dmx(self, namespace: str | None, name: str = "", sub: str = "") -> str:
         ns = f"/namespaces/{namespace}" if namespace else ""
@@ -188,12 +189,12 @@ class ClientKube:
 
     def get_experiment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._request("GET", self._dmx(namespace, name))  # type: ignore[no-any-return]
+            return self._request("GET", self._dmx(namespace, name), object_hook=without_managed_fields)  # type: ignore[no-any-return]
         except NotFound:
             return None
 
     def list_experiments(self, namespace: str | None) -> list[dict[str, Any]]:
-        return list(self._request("GET", self._dmx(namespace)).get("items") or [])
+        return list(self._request("GET", self._dmx(namespace), object_hook=without_managed_fields).get("items") or [])
 
     def patch_experiment_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         # A JSON merge patch of the status subresource: the spec is never written.
@@ -204,9 +205,11 @@ class ClientKube:
     # -- PyTorchJobs
 
     def list_jobs(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
-        """The jobs matching `selector` in `namespace` (None: in all namespaces)."""
+        """The jobs matching `selector` in `namespace` (None: in all namespaces), without their
+        replica specs (`without_replica_specs`)."""
         try:
-            doc = self._request("GET", self._jobs(namespace), query={"labelSelector": selector})
+            doc = self._request("GET", self._jobs(namespace), query={"labelSelector": selector},
+                                object_hook=without_replica_specs)
         except NotFound as err:
             raise ResourceMissing(404, self._missing()) from err
         return list(doc.get("items") or [])
@@ -287,6 +290,23 @@ class ClientKube:
         return self._request(  # type: ignore[no-any-return]
             "PUT", self._lease(namespace, name), body=body, timeout=timeout
         )
+
+
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """A `json.loads` object hook: drops metadata.managedFields (server-side apply's bookkeeping,
+    about half of an experiment or job; the operator never reads it) as each object is parsed, so
+    a LIST of a thousand objects never holds them all."""
+    obj.pop("managedFields", None)
+    return obj
+
+
+def without_replica_specs(obj: dict[str, Any]) -> dict[str, Any]:
+    """The same for a PyTorchJob, whose spec is also cut to `runPolicy`: the pod templates are
+    most of a job, and the reconciler reads only the run policy, metadata and status."""
+    obj.pop("managedFields", None)
+    if "pytorchReplicaSpecs" in obj:
+        return {"runPolicy": obj["runPolicy"]} if "runPolicy" in obj else {}
+    return obj
 
 
 def _error(status: int, raw: Any) -> KubeError:

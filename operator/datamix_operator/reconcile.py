@@ -243,8 +243,10 @@ class Reconciler:
         self._touched: dict[tuple[str, str], int] = {}
         # The newest body the watch delivered of each experiment and job (jobs trimmed to what the
         # reconciliation reads): used instead of a GET once the watch has delivered the echo of
-        # this process's own last write of the object (until then a GET is needed).
-        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        # this process's own last write of the object (until then a GET is needed). Experiments
+        # are kept as compact JSON without managedFields: a tenth of the parsed object's memory,
+        # and parsing it is a faster private copy than a deep copy.
+        self._bodies: dict[tuple[str, str], str] = {}
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self._created: dict[tuple[str, str], dict[str, Any]] = {}  # experiment -> the job just created
         self._echo_due: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> rv our last write produced
@@ -269,9 +271,7 @@ class Reconciler:
             self.forget(namespace, name)
             return None
         if body is not None:
-            # Shared with kopf, which keeps the newest body of every watched object anyway and
-            # replaces it with the next event's, never changes it; used only through a copy.
-            self._bodies[key] = dict(body)
+            self._bodies[key] = _compact(body)
             self._seen_echo("dmx", namespace, name, resource_version)
         if resource_version and self._written.get(key) == resource_version:
             return None  # the echo of our own status write
@@ -343,11 +343,14 @@ class Reconciler:
         self._echo_due[(kind, namespace, meta.get("name", ""))] = str(meta.get("resourceVersion", ""))
 
     def _watched(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object as the watch delivered it, if that is at least as new as our last write."""
+        """The object as the watch delivered it, if that is at least as new as our last write (an
+        experiment: a private copy)."""
         if (kind, namespace, name) in self._echo_due:
             return None
-        cache = self._bodies if kind == "dmx" else self._jobs
-        return cache.get((namespace, name))
+        if kind != "dmx":
+            return self._jobs.get((namespace, name))
+        text = self._bodies.get((namespace, name))
+        return json.loads(text) if text is not None else None
 
     def mark(self) -> int:
         """Now, on the counter of `_touch`: taken before the resync's LISTs (see Snapshot)."""
@@ -427,7 +430,7 @@ class Reconciler:
                 snapshot = None  # something happened since the resync's LISTs: read afresh
             exp = copy.deepcopy(new) if new is not None and (namespace, name) not in self._written else None
             exp = snapshot.body if snapshot is not None else exp
-            exp = exp if exp is not None else copy.deepcopy(self._watched("dmx", namespace, name))
+            exp = exp if exp is not None else self._watched("dmx", namespace, name)
             exp = exp if exp is not None else self.kube.get_experiment(namespace, name)
             if exp is None:
                 self.forget(namespace, name)
@@ -842,6 +845,12 @@ class Reconciler:
             self.kube.create_event(namespace, body)
         except KubeError as err:  # events are auxiliary; conditions carry the same information
             log.warning("could not post event %s in %s: %s", body.get("reason"), namespace, err)
+
+
+def _compact(obj: Mapping[str, Any]) -> str:
+    """`obj` as compact JSON, without metadata.managedFields (never read here)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return json.dumps({**obj, "metadata": meta}, separators=(",", ":"))
 
 
 def _trimmed_job(job: Mapping[str, Any]) -> dict[str, Any]:

@@ -114,3 +114,18 @@ def test_a_burst_of_new_experiments_gets_every_job_before_any_status_write() -> 
     assert order == ["create_job"] * 3 + ["patch_status"] * 3
     assert "get_job" not in calls(kube) and "get_experiment" not in calls(kube), "the follow-up reads nothing"
     assert [e["reason"] for e in kube.events] == ["JobCreated"] * 3
+
+
+def test_the_cached_experiment_is_a_private_copy_without_managed_fields() -> None:
+    kube, rec = make()
+    body = copy.deepcopy(kube.apply(manifest()))
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    rec.reconciler.on_experiment("ns", "mix-a", body["metadata"]["resourceVersion"], body=body)
+    body["spec"]["training"] = {"trainSteps": 1}  # the event's body changed afterwards: not the cache
+    first = rec.reconciler._watched("dmx", "ns", "mix-a")
+    second = rec.reconciler._watched("dmx", "ns", "mix-a")
+    assert first is not None
+    assert "managedFields" not in first["metadata"]
+    assert first["spec"].get("training") != {"trainSteps": 1}
+    assert first == second
+    assert first is not second, "each reader gets its own copy"
