@@ -37,7 +37,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -230,6 +229,7 @@ def build_registry(
             raise kopf.PermanentError("; ".join(problems))
         return "leader" if acting() else "standby"
 
+    # One handler per resource: kopf's cost of an event grows with the handlers it invokes.
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx", registry=registry)
     async def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None or not acting():
@@ -240,6 +240,9 @@ def build_registry(
         controller.submit(
             reconciler.on_experiment(namespace, name, body.metadata.get("resourceVersion"), deleted=deleted, body=body)
         )
+        labels = body.metadata.labels
+        if sweeps is not None and LABEL_SWEEP in labels:  # a sweep's trial or final run
+            sweeps.on_experiment(namespace, dict(labels))
 
     @kopf.on.event(job_api.group, job_api.version, job_api.plural, id="job", labels=ours, registry=registry)
     async def job_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
@@ -253,42 +256,22 @@ def build_registry(
             controller.submit(reconciler.on_configmap(namespace, dict(body), deleted=(type == "DELETED")))
 
     if sweeps is not None:
-        sweep_handlers(registry, sweeps, acting)
 
-    def master_finished(body: kopf.Body, **_: Any) -> bool:
-        return (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")  # the pod's phase
+        @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
+        async def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+            if namespace is None or not acting():
+                return
+            sweeps.on_sweep(namespace, name, deleted=(type == "DELETED"))
 
-    @kopf.on.event(
-        "", "v1", "pods", id="pod", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, when=master_finished,
-        registry=registry,
-    )
-    async def pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace is not None:
+    @kopf.on.event("", "v1", "pods", id="pod", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, registry=registry)
+    async def master_pod_event(type: str, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        if progress is not None:
+            progress.observe_pod(body, deleted=(type == "DELETED"))  # where it answers, on a standby too
+        finished = (body.get("status") or {}).get("phase") in ("Succeeded", "Failed")  # the pod's phase
+        if namespace is not None and finished:
             controller.submit(reconciler.on_master_pod(namespace, body))
 
-    if progress is not None:
-
-        @kopf.on.event(
-            "", "v1", "pods", id="master", labels={**ours, REPLICA_TYPE_LABEL: MASTER_REPLICA}, registry=registry
-        )
-        async def master_event(type: str, body: kopf.Body, **_: Any) -> None:
-            progress.observe_pod(body, deleted=(type == "DELETED"))
-
     return registry
-
-
-def sweep_handlers(registry: kopf.OperatorRegistry, sweeps: SweepController, acting: Callable[[], bool]) -> None:
-    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, id="dms", registry=registry)
-    async def sweep_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is None or not acting():
-            return
-        sweeps.on_sweep(namespace, name, deleted=(type == "DELETED"))
-
-    # The same watch as experiment_event (kopf watches a resource once): trials and final runs.
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx-sweep", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
-    async def sweep_experiment_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace is not None and acting():
-            sweeps.on_experiment(namespace, dict(body.metadata.labels))
 
 
 async def resync_loop(

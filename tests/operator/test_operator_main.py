@@ -28,7 +28,7 @@ def test_no_handler_needs_kopf_change_detection_so_no_diff_base_is_kept() -> Non
                               ProgressTracker(interval=30), sweeps)
 
     watching = registry._watching.get_all_handlers()  # kopf has no public listing
-    assert {h.id for h in watching} >= {"dmx", "job", "configmap", "pod", "master", "dms", "dmx-sweep"}
+    assert sorted(h.id for h in watching) == ["configmap", "dms", "dmx", "job", "pod"], "one handler per resource"
     assert list(registry._changing.get_all_handlers()) == []
     assert list(registry._spawning.get_all_handlers()) == []
     assert list(registry._indexing.get_all_handlers()) == []
