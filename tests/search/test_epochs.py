@@ -104,7 +104,7 @@ def test_the_final_runs_tokens_come_from_its_training_length(training: dict[str,
 def test_without_final_the_trials_length_is_the_final_runs() -> None:
     doc = copy.deepcopy(yaml.safe_load((REPO / "examples" / "sweep.yaml").read_text()))
     doc["spec"].pop("final")
-    assert parse_sweep(doc).final_tokens() == 160 * 8 * 128
+    assert parse_sweep(doc).final_tokens() == 480 * 8 * 128
 
 
 @pytest.mark.parametrize("regression", ["loglinear", "lightgbm"])
@@ -120,9 +120,7 @@ def test_the_proposal_repeats_a_small_domain_at_most_max_epochs_times(regression
     sizes = dict.fromkeys(names, 10**9)
     sizes[small] = 30_000
     final_tokens = 1_000_000
-    capped = fit_and_propose(
-        table, regression=regression, max_epochs=2, domain_tokens=sizes, final_tokens=final_tokens
-    )
+    capped = fit_and_propose(table, regression=regression, max_epochs=2, domain_tokens=sizes, final_tokens=final_tokens)
     share = float(capped.proposal.shares[names.index(small)])
     assert free.proposal.shares[names.index(small)] > 0.06, "the cap must bind"
     assert share * final_tokens / sizes[small] <= 2 + 1e-9  # read at most twice

@@ -17,10 +17,12 @@ from tests.search.laws import LAWS, normalised, true_optimum
 NOISE = 0.002  # relative noise of an observed loss (seed-to-seed spread of a small proxy)
 
 
-def make_table(law: object, prior: np.ndarray, bounds: Bounds, trials: int, seed: int) -> TrialTable:
+def make_table(
+    law: object, prior: np.ndarray, bounds: Bounds, trials: int, seed: int, noise: float = NOISE
+) -> TrialTable:
     rng = np.random.default_rng(seed + 100)
     shares = trial_mixtures(seed, trials, prior, bounds)
-    losses = law.losses(shares) * (1 + rng.normal(0.0, NOISE, (trials, len(prior))))  # type: ignore[attr-defined]
+    losses = law.losses(shares) * (1 + rng.normal(0.0, noise, (trials, len(prior))))  # type: ignore[attr-defined]
     names = tuple(f"d{i}" for i in range(len(prior)))
     return TrialTable(tuple(f"t{i}" for i in range(trials)), names, shares, names, losses)
 

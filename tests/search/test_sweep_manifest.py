@@ -41,7 +41,7 @@ def test_trials_and_final_are_valid_experiments_named_after_the_sweep() -> None:
     assert trial["metadata"]["name"] == "quickstart-sweep-t004"
     assert trial["metadata"]["labels"][SWEEP_LABEL] == "quickstart-sweep"
     assert validate_manifest(trial) == []
-    assert trial["spec"]["training"]["trainSteps"] == 160
+    assert trial["spec"]["training"]["trainSteps"] == 480
     shares = np.array([0.3, 0.1, 0.2, 0.2, 0.1, 0.1])
     final = sweep.final_manifest(shares)
     assert final["metadata"]["name"] == "quickstart-sweep-final"

@@ -87,6 +87,7 @@ def fit_and_propose(
     in errors (the manifest's fields, or the command's flags). With `max_epochs`, the domains' sizes
     (`domain_tokens`: tokens per epoch; a domain left out is not capped) and the final run's
     `final_tokens`, no domain is proposed a share that repeats it more than `max_epochs` times.
+    The proposal pays `kl_strength` per nat of KL(proposal || prior) (`proposer`).
     """
     names = fields or SWEEP_FIELDS
     if regression not in REGRESSIONS:
@@ -100,15 +101,23 @@ def fit_and_propose(
     start = table.shares.mean(axis=0) if prior is None else prior
     model = fit(regression, table.shares, table.losses, weights)
     rho, out_of_fold = cross_validated_spearman(regression, table.shares, table.losses, weights, seed)
+    observed = table.losses @ weights
     return FitResult(
         domains=table.domains,
         regression=regression,
         spearman=rho,
         trials=len(table.trials),
-        proposal=propose(model, bounds, start, table.shares, seed),
-        observed=table.losses @ weights,
+        proposal=propose(model, bounds, start, table.shares, seed, kl_strength(out_of_fold, observed)),
+        observed=observed,
         predicted_out_of_fold=out_of_fold,
     )
+
+
+def kl_strength(predicted_out_of_fold: np.ndarray, observed: np.ndarray) -> float:
+    """The proposer's price of a nat of KL from the prior: the fit's out-of-fold RMSE of the
+    objective. A predicted gain smaller than the fit's error on trials it did not see is no
+    reason to leave the prior; a fit that predicts held-out trials exactly leaves the proposal free."""
+    return float(np.sqrt(np.mean((predicted_out_of_fold - observed) ** 2)))
 
 
 def within_observed(bounds: Bounds, shares: np.ndarray) -> Bounds:
