@@ -16,11 +16,11 @@ deletion), and a finalizer with no operator running wedges `kubectl delete`. The
 away through owner references, so the experiment needs no finalizer; the resync loop gives the
 same safety net without one.
 
-Only event handlers are registered, so kopf stores no progress or diff-base annotations on the
-experiments (the progress storage is still set to the project's `datamix.io/` prefix) and needs
-no diff base at all (`NoDiffBase`). They are coroutines
-that only queue (short locks, no I/O): kopf runs them on its event loop, without a hop through its
-thread pool for every event.
+Only event handlers are registered, one per resource, so kopf stores no progress or diff-base
+annotations on the experiments (the progress storage is still set to the project's `datamix.io/`
+prefix) and needs no diff base at all (`NoDiffBase`). They are coroutines that only queue (short
+locks, no I/O): kopf runs them on its event loop, without a hop through its thread pool for every
+event.
 
 With leader election (leader.py; on by default) every replica watches, but only the holder of the
 Lease reconciles and resyncs: a standby's handlers queue nothing, and the first thing a new leader
@@ -229,7 +229,7 @@ def build_registry(
             raise kopf.PermanentError("; ".join(problems))
         return "leader" if acting() else "standby"
 
-    # One handler per resource: kopf's cost of an event grows with the handlers it invokes.
+    # One handler per resource: kopf's CPU per event grows with the handlers it invokes.
     @kopf.on.event(GROUP, VERSION, PLURAL, id="dmx", registry=registry)
     async def experiment_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if namespace is None or not acting():
