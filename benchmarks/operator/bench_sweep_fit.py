@@ -43,9 +43,10 @@ def main() -> None:
     print(f"{args.trials} trials x {d} domains; best trial's true objective {law(shares).mean(axis=1).min():.4f}")
     fitter = Fitter(workers=1, timeout_seconds=600)
     for regression in args.regressions.split(","):
-        request = FitRequest(domains=domains, shares=shares.tolist(), loss_domains=domains, losses=losses.tolist(),
-                             weights=weights.tolist(), prior=prior.tolist(), min_share={}, max_share={},
-                             regression=regression, seed=0)
+        request = FitRequest(trials=[f"t{i:03d}" for i in range(args.trials)], domains=domains,
+                             shares=shares.tolist(), loss_domains=domains, losses=losses.tolist(),
+                             objective=dict(zip(domains, weights.tolist(), strict=True)), prior=prior.tolist(),
+                             min_share={}, max_share={}, regression=regression, seed=0)
         started = time.monotonic()
         result = fitter.run_bounded(request)
         wall = time.monotonic() - started
