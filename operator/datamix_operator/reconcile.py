@@ -52,7 +52,7 @@ from datamix.names import (
 )
 from datamix.runspec import RUN_SPEC_KEY, RunSpec, RunSpecError
 from datamix_operator.admission import Admission, Refused
-from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing
+from datamix_operator.kube import AlreadyExists, KubeApi, KubeError, ResourceMissing, without_managed_fields
 from datamix_operator.metrics import Metrics
 from datamix_operator.progress import ProgressTracker
 from datamix_operator.render import DEFAULT_TRAINER_IMAGE, render_configmap, render_pytorchjob
@@ -370,7 +370,8 @@ class Reconciler:
         try:
             for job in self.kube.list_jobs(namespace, ALL_EXPERIMENTS_SELECTOR):
                 meta = job["metadata"]
-                jobs[meta["namespace"], meta["labels"][LABEL_EXPERIMENT]].append(_trimmed_job(job))  # type: ignore[index]
+                # as listed: private, and already without pod templates (kube.without_replica_specs)
+                jobs[meta["namespace"], meta["labels"][LABEL_EXPERIMENT]].append(job)  # type: ignore[index]
         except KubeError as err:  # e.g. the CRD is missing: each reconciliation finds out itself
             log.debug("resync: cannot list PyTorchJobs in %s: %s", namespace or "all namespaces", err)
             jobs = None
@@ -848,8 +849,8 @@ class Reconciler:
 
 
 def _compact(obj: Mapping[str, Any]) -> str:
-    """`obj` as compact JSON, without metadata.managedFields (never read here)."""
-    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    """`obj` as compact JSON, without metadata.managedFields (`obj` itself is left as it is)."""
+    meta = without_managed_fields(dict(obj.get("metadata") or {}))
     return json.dumps({**obj, "metadata": meta}, separators=(",", ":"))
 
 
