@@ -295,16 +295,18 @@ class ClientKube:
 def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     """A `json.loads` object hook: drops metadata.managedFields (server-side apply's bookkeeping,
     about half of an experiment or job; the operator never reads it) as each object is parsed, so
-    a LIST of a thousand objects never holds them all."""
-    obj.pop("managedFields", None)
+    a LIST of a thousand objects never holds them all. Only an object's metadata (a list there,
+    beside its uid) loses it: a tenant's label or annotation of that name is a string and stays."""
+    if isinstance(obj.get("managedFields"), list) and "uid" in obj:
+        del obj["managedFields"]
     return obj
 
 
 def without_replica_specs(obj: dict[str, Any]) -> dict[str, Any]:
     """The same for a PyTorchJob, whose spec is also cut to `runPolicy`: the pod templates are
     most of a job, and the reconciler reads only the run policy, metadata and status."""
-    obj.pop("managedFields", None)
-    if "pytorchReplicaSpecs" in obj:
+    obj = without_managed_fields(obj)
+    if isinstance(obj.get("pytorchReplicaSpecs"), dict):
         return {"runPolicy": obj["runPolicy"]} if "runPolicy" in obj else {}
     return obj
 

@@ -14,7 +14,8 @@ def job(name: str) -> dict[str, object]:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": name, "uid": f"uid-{name}", "labels": {"a": "b"}, "managedFields": MANAGED},
+        "metadata": {"name": name, "uid": f"uid-{name}", "labels": {"a": "b"}, "managedFields": MANAGED,
+                     "annotations": {"pytorchReplicaSpecs": "a tenant's", "managedFields": "kept"}},
         "spec": {
             "runPolicy": {"suspend": True, "cleanPodPolicy": "None"},
             "pytorchReplicaSpecs": {"Master": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}}},
@@ -30,6 +31,7 @@ def test_a_job_list_keeps_metadata_run_policy_and_status_only() -> None:
     for item in items:
         assert "managedFields" not in item["metadata"]
         assert item["metadata"]["labels"] == {"a": "b"}
+        assert item["metadata"]["annotations"] == {"pytorchReplicaSpecs": "a tenant's", "managedFields": "kept"}
         assert item["spec"] == {"runPolicy": {"suspend": True, "cleanPodPolicy": "None"}}
         assert item["status"]["conditions"][0]["type"] == "Created"
 
@@ -41,7 +43,9 @@ def test_a_job_without_a_run_policy_keeps_an_empty_spec() -> None:
 
 
 def test_an_experiment_loses_managed_fields_only() -> None:
-    exp = {"metadata": {"name": "e", "managedFields": MANAGED}, "spec": {"datasets": {"mixture": [{"name": "a"}]}},
+    exp = {"metadata": {"name": "e", "uid": "u", "managedFields": MANAGED, "labels": {"managedFields": "x"}},
+           "spec": {"datasets": {"mixture": [{"name": "a"}]},
+                    "podTemplate": {"metadata": {"annotations": {"managedFields": "a tenant's"}}}},
            "status": {"phase": "Running"}}
     parsed = json.loads(json.dumps(exp), object_hook=without_managed_fields)
     del exp["metadata"]["managedFields"]  # type: ignore[attr-defined]
